@@ -1,0 +1,294 @@
+"""Config models (the contract in DESIGN.md), YAML loading, `--set` overrides and stage hashes."""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ARCHS = ("resnet18", "mobilenet_v3_small")  # mirrored by models.REGISTRY; kept here so validation stays import-light
+DATASETS = ("cifar10", "cifar100", "digits", "synthetic")
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased as one line naming the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _as_axis(value: Any) -> Any:
+    """Grid axes accept a scalar (a one-value axis) or a list."""
+    return value if isinstance(value, (list, tuple)) else [value]
+
+
+def _check_axis(values: list, key: str) -> list:
+    if not values:
+        raise ValueError(f"{key} is an empty grid axis; give at least one value")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{key} has duplicate values {values}")
+    return values
+
+
+class DataConfig(_Strict):
+    dataset: Literal["cifar10", "cifar100", "digits", "synthetic"] = "cifar10"
+    root: str = "./data"
+    download: bool = True
+    verify: bool = True
+    image_size: int = Field(224, ge=8)
+    normalize: Literal["imagenet", "none"] = "imagenet"
+    augment: list[Literal["flip", "crop"]] = ["flip"]
+    train_limit: int | None = Field(None, ge=2, description="use only the first N training images (synthetic: N images)")
+    test_limit: int | None = Field(None, ge=1, description="use only the first N test images (synthetic: N images)")
+    split_seed: int = 0
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_list(cls, v: Any) -> Any:
+        return [] if v is None else _as_axis(v)
+
+
+class TrainConfig(_Strict):
+    arch: str
+    weights: str = "none"
+    epochs: int = Field(ge=0)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(1.0e-4, ge=0)
+    batch_size: int = Field(128, ge=1)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    bn_momentum: float = Field(0.1, gt=0, le=1, description="BatchNorm momentum; torchvision's MobileNetV3 0.01 is too slow for short runs")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        if v not in ARCHS:
+            raise ValueError(f"unknown arch {v!r}; known: {', '.join(ARCHS)}")
+        return v
+
+
+class KDConfig(_Strict):
+    temperature: list[float] = [4.0]
+    alpha: list[float] = [0.9]
+    label_smoothing: float = Field(0.05, ge=0, lt=1)
+    teacher_logits: Literal["cached", "online"] = "cached"
+
+    _axes = field_validator("temperature", "alpha", mode="before")(classmethod(lambda cls, v: _as_axis(v)))
+
+    @field_validator("temperature")
+    @classmethod
+    def _t_positive(cls, v: list[float]) -> list[float]:
+        _check_axis(v, "temperature")
+        if any(t <= 0 for t in v):
+            raise ValueError(f"every temperature must be > 0, got {v}")
+        return v
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_range(cls, v: list[float]) -> list[float]:
+        _check_axis(v, "alpha")
+        if any(not 0 <= a <= 1 for a in v):
+            raise ValueError(f"every alpha must be in [0, 1], got {v}")
+        return v
+
+
+class PruneConfig(_Strict):
+    amount: list[float] = [0.3]
+    method: Literal["l1_unstructured"] = "l1_unstructured"
+    scope: Literal["layer", "global"] = "layer"
+    recovery_epochs: int = Field(2, ge=0)
+    recovery_lr: float | None = Field(None, gt=0, description="lr of the recovery epochs; default: student.lr")
+    recalibrate_bn: bool = True
+
+    _axes = field_validator("amount", mode="before")(classmethod(lambda cls, v: _as_axis(v)))
+
+    @field_validator("amount")
+    @classmethod
+    def _amount_range(cls, v: list[float]) -> list[float]:
+        _check_axis(v, "amount")
+        if any(not 0 <= a < 1 for a in v):
+            raise ValueError(f"every amount must be in [0, 1), got {v}")
+        return v
+
+
+class MeasureConfig(_Strict):
+    latency_device: Literal["auto", "cpu", "cuda"] = "auto"
+    warmup: int = Field(20, ge=0)
+    iters: int = Field(200, ge=1)
+
+
+class ResourcesConfig(_Strict):
+    cpus_per_trial: float = Field(1, gt=0)
+    gpus_per_trial: float = Field(0.25, ge=0)
+
+
+class Config(_Strict):
+    name: str = Field("kdsweep", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    seeds: list[int] = [0]
+    data: DataConfig = DataConfig()
+    teacher: TrainConfig = TrainConfig(arch="resnet18", weights="imagenet", epochs=3, lr=3e-4)
+    student: TrainConfig = TrainConfig(arch="mobilenet_v3_small", epochs=8, lr=3e-4)
+    kd: KDConfig = KDConfig()
+    prune: PruneConfig = PruneConfig()
+    measure: MeasureConfig = MeasureConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+
+    _axes = field_validator("seeds", mode="before")(classmethod(lambda cls, v: _as_axis(v)))
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        return _check_axis(v, "seeds")
+
+    @model_validator(mode="after")
+    def _paths(self) -> "Config":
+        if self.data.dataset in ("cifar10", "cifar100") and not self.data.download:
+            if not Path(self.data.root).is_dir():
+                raise ValueError(f"data.root: {self.data.root!r} does not exist and data.download is false")
+        for stage in ("teacher", "student"):
+            w = getattr(self, stage).weights
+            if w not in ("none", "imagenet") and not Path(w).is_file():
+                raise ValueError(f"{stage}.weights: {w!r} is neither 'none', 'imagenet' nor an existing file")
+        return self
+
+
+def _model_fields(model: type[BaseModel], path: tuple) -> list[str]:
+    """Field names valid at a dotted location, for 'did you mean' hints."""
+    for part in path:
+        ann = model.model_fields.get(part)
+        if ann is None or not (isinstance(ann.annotation, type) and issubclass(ann.annotation, BaseModel)):
+            return []
+        model = ann.annotation
+    return list(model.model_fields)
+
+
+def _format_error(err: ValidationError) -> str:
+    """First pydantic error as one line: `config key 'kd.alpha': ...`."""
+    e = err.errors()[0]
+    loc = tuple(str(p) for p in e["loc"] if not isinstance(p, int))
+    key = ".".join(loc) or "<root>"
+    if e["type"] == "extra_forbidden":
+        known = _model_fields(Config, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f" (did you mean {'.'.join(loc[:-1] + (close[0],))!r}?)" if close else f" (known keys: {', '.join(known)})"
+        return f"config key {key!r}: unknown key{hint}"
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "value_error":
+        # cross-field checks name their key themselves ("data.root: ..."); field checks already quote the value
+        head, _, rest = msg.partition(": ")
+        if head in ("data.root", "teacher.weights", "student.weights"):
+            return f"config key {head!r}: {rest}"
+        return f"config key {key!r}: {msg}"
+    return f"config key {key!r}: {msg} (got {e.get('input')!r})"
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse `a.b=value`, the value as a YAML scalar or list."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. kd.alpha=[0.9]")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {item!r}: empty key segment")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc.__class__.__name__})") from None
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
+    """Return a copy of `raw` with every `a.b=value` override applied."""
+    out = json.loads(json.dumps(raw))  # deep copy of plain YAML data
+    for item in overrides or []:
+        parts, value = parse_override(item)
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item!r}: {'.'.join(parts[: i + 1])!r} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a config file with yaml.safe_load; problems become one-line ConfigErrors."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {str(p)!r}: cannot read ({exc.__class__.__name__}: {exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where else ""
+        raise ConfigError(f"config file {str(p)!r}: not valid YAML{at}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(p)!r}: expected a mapping of keys, got {type(raw).__name__}")
+    raw.setdefault("name", p.stem)
+    return raw
+
+
+def _merge(base: dict, top: dict) -> dict:
+    """Deep-merge `top` over `base` so a partial section keeps the other defaults of that section."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def build_config(raw: dict, overrides: list[str] | None = None) -> Config:
+    """Validate plain data (plus overrides) into a Config, or raise ConfigError naming the key."""
+    data = _merge(Config().model_dump(mode="json"), apply_overrides(raw, overrides))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def load_config(source: "str | Path | dict | Config", overrides: list[str] | None = None) -> Config:
+    """Load a config from a YAML path, a dict or a Config, applying `--set` style overrides."""
+    if isinstance(source, Config):
+        return build_config(source.model_dump(mode="json"), overrides) if overrides else source
+    raw = dict(source) if isinstance(source, dict) else read_yaml(source)
+    return build_config(raw, overrides)
+
+
+def config_hash(settings: dict) -> str:
+    """Stable short hash of settings (canonical JSON, key order independent)."""
+    blob = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _data_settings(cfg: Config) -> dict:
+    # `root`, `download` and `verify` say where data lives, not what it is: they do not change results.
+    return cfg.data.model_dump(exclude={"root", "download", "verify"})
+
+
+def teacher_settings(cfg: Config, seed: int) -> dict:
+    """Everything that determines the teacher checkpoint of one seed."""
+    return {"stage": "teacher", "seed": seed, "data": _data_settings(cfg), "teacher": cfg.teacher.model_dump()}
+
+
+def student_settings(cfg: Config, seed: int, temperature: float | None, alpha: float) -> dict:
+    """Everything that determines one student checkpoint (alpha 0: the no-KD baseline, teacher-independent)."""
+    s = {"stage": "student", "seed": seed, "data": _data_settings(cfg), "student": cfg.student.model_dump(),
+         "alpha": alpha, "label_smoothing": cfg.kd.label_smoothing}
+    if alpha > 0:
+        s |= {"temperature": temperature, "teacher": config_hash(teacher_settings(cfg, seed))}
+    return s
+
+
+def pruned_settings(cfg: Config, seed: int, temperature: float | None, alpha: float, amount: float) -> dict:
+    """Everything that determines one pruned-and-recovered student."""
+    prune = cfg.prune.model_dump(exclude={"amount"})
+    return {"stage": "pruned", "amount": amount, "prune": prune,
+            "student": config_hash(student_settings(cfg, seed, temperature, alpha))}

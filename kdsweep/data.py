@@ -1,0 +1,200 @@
+"""Datasets as uint8 tensors held once in memory, and batched device-side views (resize, normalise, augment).
+
+Augmentation and sample order are pure functions of (seed, epoch, index), so any epoch's views can be replayed
+exactly; that is what lets the teacher's logits be computed once and reused by every KD trial.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import DataConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_PAD = 4
+
+
+class DataError(RuntimeError):
+    """A dataset could not be loaded; the message names the path or key."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train/test images (N, C, H, W) uint8 and int64 labels."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """How stored images become model inputs."""
+
+    image_size: int = 224
+    normalize: str = "imagenet"
+    augment: tuple[str, ...] = ("flip",)
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig) -> "ViewSpec":
+        return cls(cfg.image_size, cfg.normalize, tuple(cfg.augment))
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """Load the configured dataset into memory as uint8 tensors."""
+    loaders = {"cifar10": _cifar, "cifar100": _cifar, "digits": _digits, "synthetic": _synthetic}
+    ds = loaders[cfg.dataset](cfg)
+    tl, vl = cfg.train_limit, cfg.test_limit
+    if cfg.dataset != "synthetic" and (tl or vl):
+        ds = Dataset(ds.name, ds.train_x[:tl], ds.train_y[:tl], ds.test_x[:vl], ds.test_y[:vl], ds.classes)
+    return ds
+
+
+# --- sources -----------------------------------------------------------------------------------------------
+
+def _cifar(cfg: DataConfig) -> Dataset:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    base = CIFAR10 if cfg.dataset == "cifar10" else CIFAR100
+    root = Path(cfg.root).expanduser()
+    folder = root / base.base_folder
+    if folder.is_dir():
+        _check_files(base, folder, cfg.verify)
+    elif not cfg.download:
+        raise DataError(f"data.root: {str(folder)!r} not found and data.download is false")
+
+    class Loader(base):  # type: ignore[misc, valid-type]
+        # torchvision re-checks md5 on every construction; `verify: false` (generated archives) only needs the files
+        def _check_integrity(self) -> bool:
+            return super()._check_integrity() if cfg.verify else all(
+                (folder / name).is_file() for name, _ in self.train_list + self.test_list)
+
+    try:
+        train, test = (Loader(str(root), train=t, download=cfg.download) for t in (True, False))
+    except Exception as exc:  # noqa: BLE001 - torchvision raises bare RuntimeError/URLError; name the source
+        raise DataError(f"data.root: could not load {cfg.dataset} from {str(root)!r}: {exc}") from exc
+    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))  # noqa: E731 NHWC -> NCHW
+    return Dataset(cfg.dataset, to_t(train.data), torch.tensor(train.targets, dtype=torch.int64),
+                   to_t(test.data), torch.tensor(test.targets, dtype=torch.int64), tuple(train.classes))
+
+
+def _check_files(base: type, folder: Path, verify: bool) -> None:
+    """Fail clearly on a missing file or (with verify) a checksum mismatch, instead of a silent re-download."""
+    for name, md5 in base.train_list + base.test_list + [(base.meta["filename"], base.meta["md5"])]:
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"data.root: {str(path)!r} is missing (delete {str(folder)!r} to re-download)")
+        if verify:
+            digest = hashlib.md5(path.read_bytes()).hexdigest()
+            if digest != md5:
+                raise DataError(f"data.verify: checksum mismatch for {str(path)!r} (md5 {digest}, expected {md5}); "
+                                "delete the folder to re-download, or set data.verify: false for a generated archive")
+
+
+def digits_arrays(split_seed: int = 0, size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """sklearn digits as uint8 NCHW RGB at `size` px, fixed stratified 80/20 split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) / 16.0)[:, None]  # (N,1,8,8) in [0,1]
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1).numpy()
+    return train_test_split(x, d.target.astype(np.int64), test_size=0.2, stratify=d.target, random_state=split_seed)
+
+
+def _digits(cfg: DataConfig) -> Dataset:
+    # Stored at 32 px like CIFAR, so crop/flip and the resize to image_size behave as they do on CIFAR.
+    xtr, xte, ytr, yte = digits_arrays(cfg.split_seed)
+    t = torch.from_numpy
+    return Dataset("digits", t(xtr), t(ytr), t(xte), t(yte), tuple(str(i) for i in range(10)))
+
+
+def _synthetic(cfg: DataConfig) -> Dataset:
+    g = torch.Generator().manual_seed(cfg.split_seed)
+    ntr, nte = cfg.train_limit or 1024, cfg.test_limit or 256
+    mk = lambda n: (torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),  # noqa: E731
+                    torch.randint(0, 10, (n,), generator=g))
+    (xtr, ytr), (xte, yte) = mk(ntr), mk(nte)
+    return Dataset("synthetic", xtr, ytr, xte, yte, tuple(str(i) for i in range(10)))
+
+
+# --- replayable order and augmentation ---------------------------------------------------------------------
+
+def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    # distinct, reproducible streams per (seed, epoch, purpose)
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 16 + stream)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The sample order of one training epoch."""
+    return torch.randperm(n, generator=_generator(seed, epoch, 0))
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    flip: torch.Tensor  # (N,) bool
+    dy: torch.Tensor  # (N,) int64 crop offsets in [0, 2*CROP_PAD]
+    dx: torch.Tensor
+
+
+def augment_params(seed: int, epoch: int, n: int) -> AugmentParams:
+    """Per-sample augmentation draws of one epoch: a pure function of (seed, epoch, index)."""
+    g = _generator(seed, epoch, 1)
+    flip = torch.rand(n, generator=g) < 0.5
+    off = torch.randint(0, 2 * CROP_PAD + 1, (2, n), generator=g)
+    return AugmentParams(flip, off[0], off[1])
+
+
+def _random_crop(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Batched pad-4 random crop at native size, one offset per sample."""
+    b, c, h, w = x.shape
+    xp = F.pad(x, (CROP_PAD,) * 4)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    bi = torch.arange(b, device=x.device)[:, None, None, None]
+    ci = torch.arange(c, device=x.device)[None, :, None, None]
+    return xp[bi, ci, rows, cols]
+
+
+def make_views(x: torch.Tensor, spec: ViewSpec, aug: AugmentParams | None = None,
+               idx: torch.Tensor | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 batch (on the target device) -> normalised float views; `aug` + `idx` select the augmentation."""
+    if aug is not None and spec.augment:
+        idx_cpu = idx.cpu()
+        if "crop" in spec.augment:
+            x = _random_crop(x, aug.dy[idx_cpu].to(x.device), aug.dx[idx_cpu].to(x.device))
+        if "flip" in spec.augment:
+            f = aug.flip[idx_cpu].to(x.device)
+            x = torch.where(f[:, None, None, None], x.flip(-1), x)
+    x = x.to(dtype).div_(255.0)
+    if x.shape[-1] != spec.image_size or x.shape[-2] != spec.image_size:
+        down = spec.image_size < max(x.shape[-2:])
+        x = F.interpolate(x, size=(spec.image_size,) * 2, mode="bilinear", align_corners=False, antialias=down)
+    if spec.normalize == "imagenet":
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=dtype)[:, None, None]
+        std = torch.tensor(IMAGENET_STD, device=x.device, dtype=dtype)[:, None, None]
+        x = (x - mean) / std
+    return x
+
+
+def train_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """Index batches of one epoch; a trailing batch of one sample is dropped (BatchNorm cannot train on it)."""
+    order = epoch_order(seed, epoch, n)
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches.pop()
+    return batches

@@ -1,0 +1,24 @@
+"""Knowledge-distillation loss."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, targets: torch.Tensor,
+            temperature: float, alpha: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Hinton et al. 2015 ("Distilling the Knowledge in a Neural Network") KD loss.
+
+        L = alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y; label_smoothing)
+
+    KL is averaged over the batch (`batchmean`); T^2 keeps the soft-target gradients on the same scale as the hard
+    ones when T changes. alpha = 0 is plain cross-entropy (the no-KD baseline; teacher logits may then be None).
+    """
+    s = student_logits.float()
+    ce = F.cross_entropy(s, targets, label_smoothing=label_smoothing)
+    if alpha == 0:
+        return ce
+    t = teacher_logits.float()
+    kl = F.kl_div(F.log_softmax(s / temperature, dim=-1), F.log_softmax(t / temperature, dim=-1),
+                  reduction="batchmean", log_target=True)
+    return alpha * temperature**2 * kl + (1 - alpha) * ce
