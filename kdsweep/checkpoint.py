@@ -51,8 +51,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch's own message is a long how-to-unsafely-load; keep only the blocked global, if named
+        blocked = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), "")
         raise CheckpointError(f"{path}: refused to load, it holds pickled Python objects rather than tensors "
-                              f"(weights_only=True): {str(exc).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+                              f"(weights_only=True){': ' + blocked if blocked else ''}") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for damaged files (IndexError, struct.error, ...)
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({exc.__class__.__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None

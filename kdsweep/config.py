@@ -1,6 +1,7 @@
 """Config models (the contract in DESIGN.md), YAML loading, `--set` overrides and stage hashes."""
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
@@ -19,7 +20,7 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _as_axis(value: Any) -> Any:
@@ -147,13 +148,21 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _paths(self) -> "Config":
         if self.data.dataset in ("cifar10", "cifar100") and not self.data.download:
-            if not Path(self.data.root).is_dir():
+            if not _is(Path(self.data.root).is_dir):
                 raise ValueError(f"data.root: {self.data.root!r} does not exist and data.download is false")
         for stage in ("teacher", "student"):
             w = getattr(self, stage).weights
-            if w not in ("none", "imagenet") and not Path(w).is_file():
+            if w not in ("none", "imagenet") and not _is(Path(w).is_file):
                 raise ValueError(f"{stage}.weights: {w!r} is neither 'none', 'imagenet' nor an existing file")
         return self
+
+
+def _is(check) -> bool:  # noqa: ANN001
+    """A path check that treats unusable paths (too long, bad bytes) as absent instead of raising."""
+    try:
+        return check()
+    except (OSError, ValueError):
+        return False
 
 
 def _model_fields(model: type[BaseModel], path: tuple) -> list[str]:
@@ -203,7 +212,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
     """Return a copy of `raw` with every `a.b=value` override applied."""
-    out = json.loads(json.dumps(raw))  # deep copy of plain YAML data
+    out = copy.deepcopy(raw)
     for item in overrides or []:
         parts, value = parse_override(item)
         node = out

@@ -82,6 +82,16 @@ def _cifar(cfg: DataConfig) -> Dataset:
             return super()._check_integrity() if cfg.verify else all(
                 (folder / name).is_file() for name, _ in self.train_list + self.test_list)
 
+        def _load_meta(self) -> None:
+            if cfg.verify:
+                return super()._load_meta()
+            import pickle
+
+            with open(folder / self.meta["filename"], "rb") as f:
+                meta = pickle.load(f, encoding="latin1")  # same read as torchvision's, minus the md5 check
+            self.classes = meta[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
     try:
         train, test = (Loader(str(root), train=t, download=cfg.download) for t in (True, False))
     except Exception as exc:  # noqa: BLE001 - torchvision raises bare RuntimeError/URLError; name the source

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint
 
 
 class ModelError(RuntimeError):
@@ -64,7 +64,10 @@ def build_model(arch: str, num_classes: int, weights: str = "none", bn_momentum:
                              f"placed in $TORCH_HOME/hub/checkpoints also works)") from None
         _set_head(model, num_classes)
     else:
-        state = load_checkpoint(weights)
+        try:
+            state = load_checkpoint(weights)
+        except CheckpointError as exc:
+            raise ModelError(f"{key}.weights: {exc}") from None
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]  # a kdsweep training checkpoint
         model = builder(None, _head_classes(state) or num_classes)

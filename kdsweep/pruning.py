@@ -74,7 +74,8 @@ def sparsity_report(model: nn.Module) -> SparsityReport:
     """Fraction of exact zeros in each Conv2d weight (masked or permanent) and in total."""
     rep = SparsityReport()
     for name, m in conv_layers(model):
-        w = m.weight
+        # with active masks, `weight` is only refreshed on forward; the mask product is the truth
+        w = m.weight_orig * m.weight_mask if prune.is_pruned(m) else m.weight
         z = int((w == 0).sum())
         rep.layers[name] = z / w.numel()
         rep.zeros += z

@@ -1,0 +1,91 @@
+"""The results contract: one Parquet file per variant, written atomically; reading a whole experiment back."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .checkpoint import atomic_write_bytes
+
+# column -> arrow type; the order is the contract's order (DESIGN.md), extras after
+SCHEMA = pa.schema([
+    ("variant", pa.string()), ("stage", pa.string()),
+    ("temperature", pa.float64()), ("alpha", pa.float64()), ("prune_amount", pa.float64()), ("seed", pa.int64()),
+    ("test_acc", pa.float64()),
+    ("latency_ms", pa.float64()), ("latency_p90_ms", pa.float64()), ("latency_device", pa.string()),
+    ("size_mb", pa.float64()), ("size_nonzero_mb", pa.float64()), ("size_compressed_mb", pa.float64()),
+    ("params", pa.int64()), ("nonzero_params", pa.int64()), ("sparsity", pa.float64()),
+    ("train_seconds", pa.float64()), ("status", pa.string()), ("error", pa.string()),
+    ("config_hash", pa.string()), ("kdsweep_version", pa.string()), ("torch_version", pa.string()),
+    ("ray_version", pa.string()), ("git_sha", pa.string()), ("finished_at", pa.string()),
+    # extras: identity, lineage, and the evidence that shared work was done once
+    ("key", pa.string()), ("parent", pa.string()), ("arch", pa.string()),
+    ("epochs_run", pa.int64()), ("train_runs", pa.int64()), ("teacher_forward_images", pa.int64()),
+    ("teacher_logits", pa.string()), ("conv_sparsity", pa.float64()), ("node", pa.string()), ("gpu_ids", pa.string()),
+    ("trial_start", pa.float64()), ("trial_end", pa.float64()),
+])
+COLUMNS = SCHEMA.names
+
+
+class ResultError(RuntimeError):
+    """A result file is unreadable; the message names the path."""
+
+
+def provenance() -> dict:
+    """Versions and git sha that produced a row."""
+    import ray
+    import torch
+
+    from . import __version__
+
+    return {"kdsweep_version": __version__, "torch_version": torch.__version__, "ray_version": ray.__version__,
+            "git_sha": _git_sha(), "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_row(row: dict, path: str | Path) -> None:
+    """Write one result row as a Parquet file, atomically; unknown keys are an error (the schema is a contract)."""
+    extra = set(row) - set(COLUMNS)
+    if extra:
+        raise KeyError(f"not in the results schema: {sorted(extra)}")
+    table = pa.Table.from_pylist([{c: row.get(c) for c in COLUMNS}], schema=SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_row(path: str | Path) -> dict:
+    """Read one result file; a damaged file is a ResultError naming it."""
+    try:
+        return pq.read_table(path).to_pylist()[0]
+    except (pa.ArrowException, OSError, IndexError) as exc:
+        raise ResultError(f"{path}: unreadable result file ({exc.__class__.__name__}: {exc})") from None
+
+
+def read_results(results_dir: str | Path) -> pd.DataFrame:
+    """All result rows of an experiment's results/ folder as one DataFrame (contract column order)."""
+    files = sorted(Path(results_dir).glob("*.parquet"))
+    rows = [read_row(f) for f in files]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def now() -> float:
+    return datetime.now(timezone.utc).timestamp()
+
+
+def hostname() -> str:
+    return os.uname().nodename

@@ -1,0 +1,298 @@
+"""Config -> plan -> one Ray Tune run per wave of independent variants -> latency phase -> result rows.
+
+Waves run in dependency order: (teacher, baseline) -> cached teacher logits -> KD students -> pruned. Finished
+variants (a result file with the same config hash) are never trained again; unfinished ones resume from their
+last epoch checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from .config import Config, ConfigError, load_config
+from .data import load_dataset
+from .plan import Plan, Variant, describe, make_plan
+from .results import COLUMNS, ResultError, provenance, read_results, read_row, write_row
+from .stages import Paths, read_record
+
+Echo = Callable[[str], None]
+LOCAL_NODE_IP = "127.0.0.2" if sys.platform.startswith("linux") else "127.0.0.1"
+
+
+def _writable_ancestor(path: Path) -> None:
+    """Fail before any work if the experiment folder could not be created or written."""
+    p = path.resolve()
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+        raise ConfigError(f"--storage: {str(p)!r} is not a writable directory")
+
+
+def _row(v: Variant, record: dict | None, status: str, error: str | None = None, latency: dict | None = None) -> dict:
+    row = {"variant": v.label, "stage": v.stage, "temperature": v.temperature, "alpha": v.alpha,
+           "prune_amount": v.prune_amount, "seed": v.seed, "key": v.key, "parent": v.parent}
+    row |= {k: val for k, val in (record or {}).items() if k in COLUMNS}
+    row |= (latency or {}) | provenance()
+    row |= {"status": status, "error": error, "config_hash": v.config_hash}
+    return row
+
+
+class _Progress:
+    """One status line per event: stage, trials done/total, best accuracy so far, elapsed."""
+
+    def __init__(self, echo: Echo, start: float):
+        self.echo, self.start, self.best = echo, start, None
+
+    def callback(self, wave: str, total: int):
+        from ray import tune
+
+        progress = self
+
+        class Cb(tune.Callback):
+            done = failed = 0
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                acc = result.get("test_acc")
+                if acc is not None and (progress.best is None or acc > progress.best):
+                    progress.best = acc
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                self.done += 1
+                progress.line(wave, self.done, total, self.failed)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                self.done += 1
+                self.failed += 1
+                progress.line(wave, self.done, total, self.failed)
+
+        return Cb()
+
+    def line(self, wave: str, done: int, total: int, failed: int = 0) -> None:
+        el = int(time.time() - self.start)
+        best = f"{self.best:.4f}" if self.best is not None else "-"  # best test accuracy of this wave
+        fail = f", {failed} failed" if failed else ""
+        self.echo(f"[{wave}] {done}/{total} done{fail} · best acc so far {best} · {el // 60}m{el % 60:02d}s elapsed")
+
+
+def _init_ray(address: str | None, echo: Echo) -> bool:
+    """Connect to `address` (or RAY_ADDRESS) or start Ray locally on loopback; True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kw = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        host = address.split("://")[-1].rsplit(":", 1)[0]
+        if host.startswith("127."):
+            kw["_node_ip_address"] = host  # Ray would otherwise swap loopback for the routable address
+        ray.init(address=address, **kw)
+    else:
+        # stay on loopback: a local sweep has no reason to open Ray's unauthenticated ports to the network
+        ray.init(_node_ip_address=os.environ.get("KDSWEEP_NODE_IP", LOCAL_NODE_IP), **kw)
+    return True
+
+
+class Sweep:
+    """One `kdsweep run`: state shared by its waves."""
+
+    def __init__(self, cfg: Config, exp: Path, plan: Plan, echo: Echo):
+        self.cfg, self.exp, self.plan, self.echo = cfg, exp, plan, echo
+        self.paths = Paths(exp)
+        self.by_key = plan.by_key()
+        self.progress = _Progress(echo, time.time())
+
+    # -- state ------------------------------------------------------------------------------------------
+    def finished(self, v: Variant, say: bool = False) -> bool:
+        """A result row with this variant's config hash exists and is ok (`say`: tell why not, when it exists)."""
+        echo = self.echo if say else (lambda _msg: None)
+        path = self.paths.result(v)
+        if not path.is_file():
+            return False
+        try:
+            row = read_row(path)
+        except ResultError as exc:
+            echo(f"warning: {exc}; recomputing {v.key}")
+            return False
+        if row["config_hash"] != v.config_hash:
+            echo(f"config changed for {v.key} (hash {row['config_hash']} -> {v.config_hash}): recomputing")
+            return False
+        if row["status"] != "ok":
+            echo(f"retrying {v.key} (last run: {row['status']}: {row['error']})")
+            return False
+        return True
+
+    def trained(self, v: Variant) -> dict | None:
+        """The ok trained record of this exact variant, if its weights are on disk."""
+        rec = read_record(self.paths.record(v))
+        if rec and rec.get("status") == "ok" and rec.get("config_hash") == v.config_hash and self.paths.model(v).is_file():
+            return rec
+        return None
+
+    def parent_problem(self, v: Variant) -> str | None:
+        """Why `v` cannot be trained (its parent failed or was skipped), else None."""
+        if v.parent is None:
+            return None
+        parent = self.by_key[v.parent]
+        if self.trained(parent):
+            return None
+        rec = read_record(self.paths.record(parent))
+        why = rec.get("error") if rec else None
+        if not why and self.paths.result(parent).is_file():
+            try:
+                why = read_row(self.paths.result(parent))["error"]
+            except ResultError:
+                pass
+        return f"skipped: parent {parent.key} has no trained model ({why or 'not trained'})"
+
+    # -- work -------------------------------------------------------------------------------------------
+    def run_wave(self, name: str, variants: list[Variant], shared: list, gpus: float) -> None:
+        """Train `variants` concurrently as one Tuner run; failures become failed rows."""
+        from ray import tune
+
+        from .trainables import train_trial
+
+        todo = []
+        for v in variants:
+            if self.finished(v, say=True) or self.trained(v):
+                continue
+            problem = self.parent_problem(v)
+            if problem:
+                write_row(_row(v, None, "skipped", problem), self.paths.result(v))
+                continue
+            todo.append(v)
+        if not todo:
+            return
+        res = {"cpu": self.cfg.resources.cpus_per_trial, "gpu": gpus}
+        trainable = tune.with_resources(tune.with_parameters(train_trial, shared=shared), res)
+        key_of = lambda t: Variant.from_dict(t.config["variant"]).key  # noqa: E731
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"variant": tune.grid_search([v.to_dict() for v in todo])},
+            # reuse_actors: a trial process keeps torch imported and the dataset mapped for the next trial
+            tune_config=tune.TuneConfig(trial_name_creator=key_of, trial_dirname_creator=key_of, reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str((self.exp / "tune").resolve()),
+                failure_config=tune.FailureConfig(max_failures=2), verbose=0,
+                callbacks=[self.progress.callback(name, len(todo))]),
+        )
+        self.echo(f"[{name}] training {len(todo)} variant(s)")
+        self.progress.best = None
+        grid = tuner.fit()
+        for r in grid:
+            if r.error is not None:
+                v = Variant.from_dict(r.config["variant"])
+                msg = str(r.error).strip().splitlines()[-1][:500]
+                write_row(_row(v, read_record(self.paths.record(v)), "failed", msg), self.paths.result(v))
+
+    def ensure_logits(self, shared: list, gpus: float) -> None:
+        """One pass of each seed's teacher over every student view, before any KD student trains."""
+        import ray
+
+        from .trainables import logits_task
+
+        if self.cfg.kd.teacher_logits != "cached":
+            return
+        kd = self.plan.stage("student")
+        seeds = sorted({v.seed for v in kd if not self.finished(v) or any(
+            not self.finished(p) for p in self.plan.stage("pruned") if p.parent == v.key)})
+        seeds = [s for s in seeds if self.trained(self.by_key[f"teacher-s{s}"])
+                 and not self.paths.teacher_logits(self.cfg, s).is_file()]
+        if seeds:
+            self.echo(f"[teacher logits] one pass per seed for seeds {seeds}")
+            # nothing else runs between waves: give each pass a whole device
+            opts = {"num_cpus": self.cfg.resources.cpus_per_trial, "num_gpus": 1 if gpus else 0}
+            ray.get([logits_task.options(**opts).remote(shared, s) for s in seeds])
+
+    def measure(self, shared: list, gpus_total: float, num_classes: int) -> None:
+        """Latency of every trained variant without a result yet, each device used by one measurement at a time."""
+        import ray
+
+        from .trainables import measure_task
+
+        todo = [v for v in self.plan if not self.finished(v) and self.trained(v)]
+        if not todo:
+            return
+        workers = max(1, int(gpus_total))
+        self.echo(f"[latency] measuring {len(todo)} variant(s) on {workers} device(s), one at a time per device")
+        opts = {"num_cpus": self.cfg.resources.cpus_per_trial, "num_gpus": 1 if gpus_total >= 1 else 0}
+        shards = [[v.key for v in todo[i::workers]] for i in range(workers)]
+        lat: dict[str, dict] = {}
+        for part in ray.get([measure_task.options(**opts).remote(shared, s, num_classes) for s in shards if s]):
+            lat |= part
+        for v in todo:
+            write_row(_row(v, self.trained(v), "ok", None, lat[v.key]), self.paths.result(v))
+
+
+def _save_experiment(exp: Path, cfg: Config, plan: Plan) -> None:
+    from .checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(exp / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode())
+    import json
+
+    atomic_write_bytes(exp / "plan.json", json.dumps([v.to_dict() | {"key": v.key} for v in plan], indent=1).encode())
+
+
+def run(config: "str | Path | dict | Config", overrides: list[str] | None = None, storage: str | Path = "./runs",
+        name: str | None = None, address: str | None = None, dry_run: bool = False, echo: Echo = print) -> Path:
+    """Run (or resume) a sweep and return its experiment folder `<storage>/<name>`."""
+    cfg = load_config(config, overrides)
+    if name:
+        cfg = load_config(cfg.model_dump(mode="json") | {"name": name})
+    exp = Path(storage).expanduser() / cfg.name
+    _writable_ancestor(exp)
+    plan = make_plan(cfg)
+    echo(describe(plan, cfg))
+    if dry_run:
+        return exp
+    data = load_dataset(cfg.data)  # missing/corrupt data fails here, before Ray starts or anything is written
+    exp.mkdir(parents=True, exist_ok=True)
+    _save_experiment(exp, cfg, plan)
+    # Tune's own tables would drown the one-line progress; its CSV/JSON/TensorBoard logs are still written
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import ray
+
+    from .trainables import dataset_to_arrays
+
+    started = _init_ray(address, echo)
+    try:
+        gpus_total = float(ray.cluster_resources().get("GPU", 0))
+        gpus = cfg.resources.gpus_per_trial if gpus_total > 0 else 0.0
+        if gpus_total == 0 and cfg.resources.gpus_per_trial > 0:
+            echo("no GPU in the Ray cluster: every trial runs on CPU (resources.gpus_per_trial is ignored)")
+        shared = [{"config": cfg.model_dump(mode="json"), "root": str(exp.resolve()), "data": ray.put(dataset_to_arrays(data)),
+                   "plan": [{"key": v.key, "variant": v.to_dict()} for v in plan],
+                   "cpus_per_trial": cfg.resources.cpus_per_trial}]
+        sweep = Sweep(cfg, exp, plan, echo)
+        sweep.run_wave("teacher+baseline", plan.stage("teacher") + plan.stage("baseline"), shared, gpus)
+        sweep.ensure_logits(shared, gpus)
+        sweep.run_wave("student", plan.stage("student"), shared, gpus)
+        sweep.run_wave("pruned", plan.stage("pruned"), shared, gpus)
+        sweep.measure(shared, gpus_total, data.num_classes)
+    finally:
+        if started:
+            ray.shutdown()
+    df = read_results(exp / "results")
+    echo(summary_table(df))
+    echo(f"experiment: {exp}")
+    return exp
+
+
+def summary_table(df) -> str:
+    """A short fixed-width table of the rows: variant, seed, status, accuracy, latency, sizes."""
+    if df.empty:
+        return "(no results)"
+    order = {"teacher": 0, "baseline": 1, "student": 2, "pruned": 3}
+    df = df.assign(_o=df["stage"].map(order)).sort_values(["_o", "temperature", "alpha", "prune_amount", "seed"])
+    lines = [f"{'variant':<32}{'seed':>5} {'status':<8}{'acc':>7}{'lat ms':>9}{'MB':>8}{'nz MB':>8}{'zst MB':>8}"]
+    f = lambda x, p: "-" if x is None or x != x else f"{x:.{p}f}"  # noqa: E731
+    for r in df.itertuples():
+        lines.append(f"{r.variant:<32}{r.seed:>5} {r.status:<8}{f(r.test_acc, 4):>7}{f(r.latency_ms, 2):>9}"
+                     f"{f(r.size_mb, 2):>8}{f(r.size_nonzero_mb, 2):>8}{f(r.size_compressed_mb, 2):>8}")
+    return "\n".join(lines)

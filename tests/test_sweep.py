@@ -1,0 +1,121 @@
+"""End-to-end sweeps on a real local Ray (logical GPUs, CPU training) on offline digits."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import kdsweep
+from kdsweep.cli import main
+from kdsweep.results import read_results
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
+
+
+@pytest.fixture(scope="module")
+def ray_2gpu():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, num_gpus=2, _node_ip_address="127.0.0.2", include_dashboard=False,
+             log_to_driver=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+E2E = ["teacher.epochs=4", "student.epochs=6", "prune.recovery_epochs=1", "kd.temperature=[4]",
+       "kd.alpha=[0.5,0.9]", "prune.amount=[0.5]", "measure.iters=10", "measure.warmup=2"]
+
+
+@pytest.mark.slow
+def test_reduced_smoke_sweep_end_to_end_and_rerun_trains_nothing(ray_2gpu, tmp_path, capsys):
+    exp = kdsweep.run(SMOKE, overrides=E2E, storage=tmp_path)
+    df = read_results(exp / "results")
+    assert len(df) == 6 and (df.status == "ok").all(), df[["key", "status", "error"]]
+    assert df.stage.value_counts().to_dict() == {"teacher": 1, "baseline": 1, "student": 2, "pruned": 2}
+    by = df.set_index("key")
+    assert set(by.index) == {"teacher-s0", "baseline-s0", "student-T4-a0.5-s0", "student-T4-a0.9-s0",
+                             "pruned-T4-a0.5-p0.5-s0", "pruned-T4-a0.9-p0.5-s0"}
+    # coordinates
+    assert by.loc["pruned-T4-a0.9-p0.5-s0", ["temperature", "alpha", "prune_amount"]].tolist() == [4.0, 0.9, 0.5]
+    assert pd.isna(by.loc["teacher-s0", "temperature"]) and by.loc["baseline-s0", "alpha"] == 0.0
+    assert by.loc["pruned-T4-a0.9-p0.5-s0", "parent"] == "student-T4-a0.9-s0"
+    # accuracy bounds on real data
+    assert by.loc["teacher-s0", "test_acc"] >= 0.95
+    assert df[df.stage == "student"].test_acc.max() >= 0.90
+    assert df[df.stage == "pruned"].test_acc.min() >= 0.80
+    # sizes three ways; unstructured pruning keeps dense size, halves conv weights
+    assert by.loc["teacher-s0", "size_mb"] == pytest.approx(44.73, abs=0.01)
+    assert by.loc["student-T4-a0.9-s0", "size_mb"] == pytest.approx(6.11, abs=0.01)
+    p = by.loc["pruned-T4-a0.9-p0.5-s0"]
+    assert p.conv_sparsity == pytest.approx(0.5, abs=0.01) and p.size_nonzero_mb < 0.8 * p.size_mb
+    assert p.size_compressed_mb < by.loc["student-T4-a0.9-s0", "size_compressed_mb"]
+    # sharing: one teacher training, cached logits (no teacher forward in KD trials), each variant trained once
+    assert (df.train_runs == 1).all()
+    assert (df[df.stage.isin(["student", "pruned"])].teacher_forward_images == 0).all()
+    assert (df[df.stage == "student"].teacher_logits.str.startswith("teacher_logits-s0")).all()
+    assert (df.latency_ms > 0).all() and (df.latency_p90_ms >= df.latency_ms).all()
+    assert (df.latency_device == "cpu").all()
+    # Ray Tune's standard loggers got the per-epoch metrics
+    assert list((exp / "tune").glob("student-*/student-T4-a0.9-s0/progress.csv"))
+
+    mtimes = {f.name: f.stat().st_mtime_ns for f in (exp / "results").glob("*.parquet")}
+    capsys.readouterr()
+    kdsweep.run(SMOKE, overrides=E2E, storage=tmp_path)
+    out = capsys.readouterr().out
+    assert "training" not in out and "[latency]" not in out
+    assert {f.name: f.stat().st_mtime_ns for f in (exp / "results").glob("*.parquet")} == mtimes
+    assert (read_results(exp / "results").train_runs == 1).all()
+
+
+@pytest.mark.slow
+def test_fractional_gpus_pack_trials_on_logical_gpus(ray_2gpu, tmp_path):
+    over = ["teacher.epochs=1", "student.epochs=2", "prune.recovery_epochs=1", "prune.amount=[0.3]",
+            "data.train_limit=256", "data.test_limit=64", "resources.cpus_per_trial=0.25",
+            "resources.gpus_per_trial=0.25", "measure.iters=5", "measure.warmup=1"]
+    exp = kdsweep.run(SMOKE, overrides=over, storage=tmp_path, name="packing")
+    df = read_results(exp / "results")
+    assert len(df) == 1 + 1 + 9 + 9 and (df.status == "ok").all()
+    students = df[df.stage.isin(["student", "pruned"])]
+    assert set(students.gpu_ids) <= {"0", "1"} and set(students.gpu_ids) == {"0", "1"}
+    overlapping_same_gpu = 0
+    rows = list(students.itertuples())
+    for i, a in enumerate(rows):
+        for b in rows[i + 1:]:
+            if a.gpu_ids == b.gpu_ids and a.trial_start < b.trial_end and b.trial_start < a.trial_end:
+                overlapping_same_gpu += 1
+    assert overlapping_same_gpu >= 1
+    assert (df.latency_device == "cpu").all()  # logical GPUs: training and timing still ran on the CPU
+
+
+def test_dry_run_prints_the_reference_plan_without_ray(capsys, tmp_path):
+    assert main(["run", str(ROOT / "configs" / "seed.yaml"), "--dry-run", "--storage", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "38 variants in 4 stages" in out
+    for stage, n in [("teacher", 1), ("baseline", 1), ("student", 9), ("pruned", 27)]:
+        assert any(line.split()[:2] == [stage, str(n)] for line in out.splitlines()), out
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "kd.alpha=1.5"], "kd.alpha"),
+    (["--set", "kd.temprature=[2]"], "kd.temperature"),
+    (["--set", "prune.amount"], "KEY=VALUE"),
+    (["--set", "data.dataset=cifar10", "--set", "data.download=false", "--set", "data.root=/no/such/dir"], "data.root"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(args, needle, capsys, tmp_path):
+    import ray
+
+    assert main(["run", SMOKE, "--storage", str(tmp_path / "runs"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+    assert not ray.is_initialized()
+
+
+def test_unwritable_storage_is_refused(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert main(["run", SMOKE, "--storage", str(blocker / "runs")]) == 2
+    assert "--storage" in capsys.readouterr().err
+    assert blocker.read_text() == "not a folder"
