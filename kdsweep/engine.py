@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -11,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import Dataset, ViewSpec, augment_params, make_views, train_batches
 from .losses import kd_loss
 from .measure import accuracy
@@ -60,11 +61,13 @@ def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
 def train(model: nn.Module, data: Dataset, view: ViewSpec, spec: TrainSpec, device: torch.device, *,
           teacher: nn.Module | None = None, teacher_logits: torch.Tensor | None = None,
           checkpoint: str | Path | None = None, on_epoch: Callable[[dict], None] | None = None,
-          evaluate: bool = True) -> list[dict]:
+          evaluate: bool = True, tag: dict | None = None) -> list[dict]:
     """Train `model` for `spec.epochs`, resuming from `checkpoint` if it exists; returns per-epoch metrics.
 
     With alpha > 0 the soft targets come from `teacher_logits[epoch_offset + epoch, index]` (precomputed, see
     `teacher_logits`) or, if only `teacher` is given, from an eval-mode teacher forward on the same views.
+    `tag` is merged into every epoch row (e.g. which run of a retried trial trained that epoch). A corrupt
+    checkpoint is reported, set aside as `<name>.corrupt`, and training starts over.
     """
     kd = spec.alpha > 0
     if kd and teacher is None and teacher_logits is None:
@@ -78,10 +81,15 @@ def train(model: nn.Module, data: Dataset, view: ViewSpec, spec: TrainSpec, devi
     start = 0
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt and ckpt.is_file():
-        state = load_checkpoint(ckpt, map_location=device)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        history, start = list(state["history"]), int(state["epoch"])
+        try:
+            state = load_checkpoint(ckpt, map_location=device)
+            saved_history, saved_epoch = list(state["history"]), int(state["epoch"])
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            history, start = saved_history, saved_epoch
+        except (CheckpointError, KeyError, RuntimeError) as exc:
+            warnings.warn(f"{exc}; ignoring it and training from scratch", stacklevel=2)
+            ckpt.replace(ckpt.with_name(ckpt.name + ".corrupt"))
     steps_per_epoch = len(train_batches(n, spec.batch_size, spec.seed, 0))
     total = spec.epochs * steps_per_epoch
     amp = device.type == "cuda"
@@ -123,7 +131,7 @@ def train(model: nn.Module, data: Dataset, view: ViewSpec, spec: TrainSpec, devi
             correct += int((logits.argmax(1) == y).sum())
             seen += len(idx)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-               "teacher_forward_images": teacher_images, "epoch_seconds": time.perf_counter() - t0}
+               "teacher_forward_images": teacher_images, "epoch_seconds": time.perf_counter() - t0, **(tag or {})}
         if evaluate:
             row["test_acc"] = accuracy(model, data.test_x, data.test_y, view, device)
         history.append(row)

@@ -133,7 +133,7 @@ def _train(cfg: Config, v: Variant, paths: Paths, data: Dataset, device: torch.d
             model = build_model(c.arch, data.num_classes, c.weights, c.bn_momentum, key="student")
             spec = TrainSpec(c.epochs, c.lr, c.weight_decay, c.batch_size, c.schedule, v.seed, **kd)
     history = train(model, data, view, spec, device, teacher=teacher_model, teacher_logits=logits,
-                    checkpoint=paths.checkpoint(v), on_epoch=on_epoch)
+                    checkpoint=paths.checkpoint(v), on_epoch=on_epoch, tag={"run": runs})
     make_permanent(model)
     model.cpu()
     save_checkpoint(model.state_dict(), paths.model(v))
@@ -147,6 +147,7 @@ def _train(cfg: Config, v: Variant, paths: Paths, data: Dataset, device: torch.d
         "teacher_forward_images": sum(r["teacher_forward_images"] for r in history),
         "teacher_logits": logits_name, "arch": arch_of(cfg, v),
         "conv_sparsity": sparsity_report(model).sparsity,
+        "history": history,
     }
 
 

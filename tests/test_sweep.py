@@ -1,8 +1,6 @@
 """End-to-end sweeps on a real local Ray (logical GPUs, CPU training) on offline digits."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
@@ -10,8 +8,7 @@ import kdsweep
 from kdsweep.cli import main
 from kdsweep.results import read_results
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = str(ROOT / "configs" / "smoke.yaml")
+from .conftest import REDUCED, ROOT, SMOKE
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +20,9 @@ def ray_2gpu():
     ray.shutdown()
 
 
-E2E = ["teacher.epochs=4", "student.epochs=6", "prune.recovery_epochs=1", "kd.temperature=[4]",
-       "kd.alpha=[0.5,0.9]", "prune.amount=[0.5]", "measure.iters=10", "measure.warmup=2"]
-
-
 @pytest.mark.slow
-def test_reduced_smoke_sweep_end_to_end_and_rerun_trains_nothing(ray_2gpu, tmp_path, capsys):
-    exp = kdsweep.run(SMOKE, overrides=E2E, storage=tmp_path)
+def test_reduced_smoke_sweep_end_to_end_and_rerun_trains_nothing(smoke_exp, capsys):
+    exp = smoke_exp
     df = read_results(exp / "results")
     assert len(df) == 6 and (df.status == "ok").all(), df[["key", "status", "error"]]
     assert df.stage.value_counts().to_dict() == {"teacher": 1, "baseline": 1, "student": 2, "pruned": 2}
@@ -61,9 +54,9 @@ def test_reduced_smoke_sweep_end_to_end_and_rerun_trains_nothing(ray_2gpu, tmp_p
 
     mtimes = {f.name: f.stat().st_mtime_ns for f in (exp / "results").glob("*.parquet")}
     capsys.readouterr()
-    kdsweep.run(SMOKE, overrides=E2E, storage=tmp_path)
+    kdsweep.run(SMOKE, overrides=REDUCED, storage=exp.parent)
     out = capsys.readouterr().out
-    assert "training" not in out and "[latency]" not in out
+    assert "] training" not in out and "[latency]" not in out and "[teacher logits]" not in out
     assert {f.name: f.stat().st_mtime_ns for f in (exp / "results").glob("*.parquet")} == mtimes
     assert (read_results(exp / "results").train_runs == 1).all()
 

@@ -1,0 +1,16 @@
+"""Analysis of a finished (or partial) sweep: trade-off tables, Pareto fronts, metrics_grid.png, results.csv.
+
+Reads result files only; never imports the training stack (torch, Ray).
+"""
+from __future__ import annotations
+
+from .load import Experiment, load_experiment
+from .markdown import tradeoffs_markdown
+from .plots import metrics_grid, save_figure
+from .report import analyze, headline_table
+from .stats import describe, t_critical
+from .tables import Tables, marginal, pareto_front, results_frame, tradeoff_tables, variant_table
+
+__all__ = ["Experiment", "Tables", "analyze", "describe", "headline_table", "load_experiment", "marginal",
+           "metrics_grid", "pareto_front", "results_frame", "save_figure", "t_critical", "tradeoff_tables",
+           "tradeoffs_markdown", "variant_table"]

@@ -1,0 +1,84 @@
+"""`analyze`: write results.csv, tradeoffs.md and metrics_grid.png for an experiment; `headline_table` for a terminal."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.fs as pafs
+
+from .load import Experiment, join, load_experiment, resolve
+from .markdown import num, pm, tradeoffs_markdown
+from .plots import metrics_grid, save_figure
+from .tables import Tables, results_frame, tradeoff_tables
+
+OUTPUTS = ("results.csv", "tradeoffs.md", "metrics_grid.png")
+
+
+def analyze(experiment_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path | str:
+    """Write results.csv, tradeoffs.md, metrics_grid.png into out_dir (default <experiment>/analysis); return it.
+
+    Both folders may be local paths or pyarrow.fs URIs (s3://...); the return value is a Path for a local out_dir
+    and the URI string otherwise.
+    """
+    tables = tradeoff_tables(load_experiment(experiment_dir))
+    target = out_dir if out_dir is not None else join(resolve(experiment_dir)[2], "analysis")
+    fs, path, uri = resolve(target)
+    fs.create_dir(path, recursive=True)
+    png = io.BytesIO()
+    fig = metrics_grid(tables)
+    save_figure(fig, png)
+    files = {"results.csv": results_frame(tables.experiment.rows).to_csv(index=False).encode(),
+             "tradeoffs.md": tradeoffs_markdown(tables).encode(), "metrics_grid.png": png.getvalue()}
+    for name, data in files.items():
+        _write(fs, join(path, name), data)
+    return Path(path) if isinstance(fs, pafs.LocalFileSystem) else uri
+
+
+def headline_table(data: pd.DataFrame | Experiment | Tables) -> str:
+    """A short fixed-width summary for a terminal: references, best students, Pareto members, and any warnings.
+
+    `data` is the raw result rows (as from `kdsweep.results.read_results` or `load_experiment(...).rows`), a loaded
+    Experiment, or its Tables; only the latter two know about missing planned variants and unreadable files.
+    """
+    if isinstance(data, pd.DataFrame):
+        data = Experiment(uri="", rows=data)
+    t = data if isinstance(data, Tables) else tradeoff_tables(data)
+    v = t.variants
+    if v.empty:
+        return "\n".join(["(no results)", *t.notes])
+    ok = v[v["n"] > 0]
+    picks: dict[str, list[str]] = {}
+
+    def pick(frame: pd.DataFrame, role: str) -> None:
+        for label in frame["variant"]:
+            picks.setdefault(label, []).append(role)
+
+    pick(ok[ok["stage"] == "teacher"].head(1), "teacher")
+    pick(ok[ok["stage"] == "baseline"].head(1), "no-KD baseline")
+    for stage, role in (("student", "best KD"), ("pruned", "best pruned")):
+        s = ok[ok["stage"] == stage]
+        pick(s.sort_values(["test_acc_mean", "size_nonzero_mb_mean"], ascending=[False, True]).head(1), role)
+    pick(t.pareto_size, "Pareto size")
+    pick(t.pareto_latency, "Pareto latency")
+    w = max([len("variant"), *map(len, picks)])
+    rw = max(len(", ".join(roles)) for roles in picks.values()) + 2
+    lines = [f"{'variant':<{w}}  {'role':<{rw}}{'n':>3}{'acc %':>15}{'lat ms':>9}{'nz MB':>9}{'Δacc pp':>9}"]
+    for label, roles in picks.items():
+        r = v[v["variant"] == label].iloc[0]
+        lines.append(f"{label:<{w}}  {', '.join(roles):<{rw}}{r.n:>3}{pm(r.test_acc_mean, r.test_acc_std, 2, 100):>15}"
+                     f"{num(r.latency_ms_mean, 3):>9}{num(r.size_nonzero_mb_mean):>9}"
+                     f"{num(r.get('d_test_acc_vs_teacher'), 2, 100, True):>9}")
+    counts = ", ".join(f"{c} {s}" for s, c in v["status"].value_counts().items())
+    lines.append(f"{len(v)} variants: {counts}; Δacc pp is versus the teacher")
+    not_ok = v[v["status"] != "ok"]
+    if len(not_ok):
+        lines.append("not ok: " + "; ".join(f"{r.variant} ({r.status})" for r in not_ok.head(8).itertuples())
+                     + (" …" if len(not_ok) > 8 else ""))
+    return "\n".join(lines + [f"warning: {n}" for n in t.notes])
+
+
+def _write(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    with fs.open_output_stream(path) as f:
+        f.write(data)

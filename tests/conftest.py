@@ -1,0 +1,20 @@
+"""Shared fixtures: one real reduced smoke sweep per test session, reused by the sweep, analysis and notebook tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
+# T=4, alpha in {0.5, 0.9}, p=0.5: 1 teacher + 1 baseline + 2 KD students + 2 pruned, about a minute on 2 cores
+REDUCED = ["teacher.epochs=4", "student.epochs=6", "prune.recovery_epochs=1", "kd.temperature=[4]",
+           "kd.alpha=[0.5,0.9]", "prune.amount=[0.5]", "measure.iters=10", "measure.warmup=2"]
+
+
+@pytest.fixture(scope="session")
+def smoke_exp(tmp_path_factory) -> Path:
+    """A finished reduced smoke experiment (real training on digits, real local Ray)."""
+    import kdsweep
+
+    return kdsweep.run(SMOKE, overrides=REDUCED, storage=tmp_path_factory.mktemp("runs"))
