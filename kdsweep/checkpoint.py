@@ -9,25 +9,11 @@ from typing import Any
 
 import torch
 
+from .fileio import atomic_write_bytes  # noqa: F401 - re-exported for callers of checkpoint
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint is corrupt, truncated or holds pickled objects; the message names the path."""
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to a temp file beside `path`, fsync, then rename: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(obj: Any, path: str | Path) -> None:

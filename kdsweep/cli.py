@@ -19,6 +19,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--storage", default="./runs", help="where experiments live (default ./runs)")
         sp.add_argument("--name", default=None, help="experiment name (default: the config's name)")
     run.add_argument("--address", default=None, help="existing Ray cluster to use (default: RAY_ADDRESS or local)")
+    an = sub.add_parser("analyze", help="write results.csv, tradeoffs.md and metrics_grid.png for an experiment")
+    an.add_argument("experiment", help="experiment folder <storage>/<name> (local path or s3://...)")
+    an.add_argument("--out", default=None, help="output folder (default <experiment>/analysis)")
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan without starting Ray")
     return p
 
@@ -26,16 +29,38 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `kdsweep` console script."""
     args = _parser().parse_args(argv)
+    if args.cmd == "analyze":
+        return _analyze(args.experiment, args.out)
     from .data import DataError
     from .models import ModelError
     from .sweeper import run
 
     try:
-        run(args.config, overrides=args.overrides, storage=args.storage, name=args.name,
-            address=getattr(args, "address", None), dry_run=args.cmd == "plan" or args.dry_run)
+        exp = run(args.config, overrides=args.overrides, storage=args.storage, name=args.name,
+                  address=getattr(args, "address", None), dry_run=args.cmd == "plan" or args.dry_run)
     except (ConfigError, DataError, ModelError) as exc:
         print(f"kdsweep: error: {exc}", file=sys.stderr)
         return 2
+    if args.cmd == "run" and not args.dry_run:
+        from .analysis import load_experiment
+
+        bad = load_experiment(exp).rows.query("status != 'ok'")
+        if len(bad):
+            print(f"kdsweep: {len(bad)} variant(s) did not finish ok: {', '.join(bad.key)}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _analyze(experiment: str, out: str | None) -> int:
+    from .analysis import analyze, headline_table, load_experiment
+
+    loaded = load_experiment(experiment)
+    if loaded.rows.empty and not loaded.planned:
+        print(f"kdsweep: error: {experiment!r} holds no kdsweep results (expected results/*.parquet)", file=sys.stderr)
+        return 2
+    written = analyze(experiment, out)
+    print(headline_table(loaded))
+    print(f"wrote results.csv, tradeoffs.md, metrics_grid.png to {written}")
     return 0
 
 

@@ -18,8 +18,13 @@ from .losses import kd_loss
 from .measure import accuracy
 
 
+# A healthy run never climbs 1000x above its first batch loss; AdamW at an absurd lr (1e4) blows the loss up to
+# ~1e15 while staying finite, so non-finite alone would not catch it.
+DIVERGENCE_FACTOR = 1e3
+
+
 class DivergedError(RuntimeError):
-    """Training produced a non-finite loss."""
+    """Training produced a non-finite or exploding loss."""
 
 
 @dataclass(frozen=True)
@@ -40,8 +45,8 @@ class TrainSpec:
 
 def pick_device(prefer: str = "auto") -> torch.device:
     """`cuda` when asked for or available under `auto`, else `cpu`."""
-    if prefer == "cuda" or (prefer == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    if prefer in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
 
@@ -95,6 +100,7 @@ def train(model: nn.Module, data: Dataset, view: ViewSpec, spec: TrainSpec, devi
     amp = device.type == "cuda"
     x_all = data.train_x.to(device) if device.type == "cuda" else data.train_x  # uint8 images fit on a GPU
     y_all = data.train_y.to(device)
+    first_loss: float | None = None
     for epoch in range(start, spec.epochs):
         t0 = time.perf_counter()
         e = spec.epoch_offset + epoch
@@ -121,13 +127,16 @@ def train(model: nn.Module, data: Dataset, view: ViewSpec, spec: TrainSpec, devi
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(x)
             loss = kd_loss(logits, t_logits, y, spec.temperature, spec.alpha, spec.label_smoothing)
-            if not torch.isfinite(loss):
-                raise DivergedError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {i + 1}; "
-                                    f"lr {spec.lr} is likely too high")
+            value = loss.item()
+            first_loss = value if first_loss is None else first_loss
+            if not math.isfinite(value) or value > DIVERGENCE_FACTOR * max(first_loss, 1.0):
+                kind = "non-finite" if not math.isfinite(value) else f"exploding (first batch {first_loss:.3g})"
+                raise DivergedError(f"{kind} loss {value:.3g} at epoch {epoch + 1}, step {i + 1}; "
+                                    f"lr {spec.lr:g} is likely too high")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += loss.item() * len(idx)
+            loss_sum += value * len(idx)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(idx)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,

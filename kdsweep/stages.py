@@ -56,10 +56,6 @@ def arch_of(cfg: Config, v: Variant) -> str:
     return cfg.teacher.arch if v.stage == "teacher" else cfg.student.arch
 
 
-def _teacher_variant(cfg: Config, plan_by_key: dict[str, Variant], seed: int) -> Variant:
-    return plan_by_key[f"teacher-s{seed}"]
-
-
 def read_record(path: Path) -> dict | None:
     """The trained record of a variant, or None if absent or unreadable (then the variant is retrained)."""
     try:
@@ -115,7 +111,7 @@ def _train(cfg: Config, v: Variant, paths: Paths, data: Dataset, device: torch.d
                 lp = paths.teacher_logits(cfg, v.seed)
                 logits, logits_name = load_checkpoint(lp), lp.name
             else:
-                tv = _teacher_variant(cfg, plan_by_key, v.seed)
+                tv = plan_by_key[f"teacher-s{v.seed}"]
                 teacher_model = build_model(cfg.teacher.arch, data.num_classes, str(paths.model(tv)),
                                             cfg.teacher.bn_momentum, key="teacher")
                 logits_name = "online"

@@ -15,13 +15,20 @@ from typing import Callable
 
 import yaml
 
+from .checkpoint import CheckpointError, load_checkpoint
 from .config import Config, ConfigError, load_config
 from .data import load_dataset
 from .plan import Plan, Variant, describe, make_plan
-from .results import COLUMNS, ResultError, provenance, read_results, read_row, write_row
+from .results import COLUMNS, ResultError, provenance, read_row, write_row
 from .stages import Paths, read_record
 
 Echo = Callable[[str], None]
+
+
+def say(msg: str) -> None:
+    """Default output: a module-level function, so Tune can pickle the progress callback that holds it."""
+    print(msg, flush=True)
+
 LOCAL_NODE_IP = "127.0.0.2" if sys.platform.startswith("linux") else "127.0.0.1"
 
 
@@ -107,6 +114,7 @@ class Sweep:
         self.paths = Paths(exp)
         self.by_key = plan.by_key()
         self.progress = _Progress(echo, time.time())
+        self._verified: dict[tuple, bool] = {}
 
     # -- state ------------------------------------------------------------------------------------------
     def finished(self, v: Variant, say: bool = False) -> bool:
@@ -129,11 +137,27 @@ class Sweep:
         return True
 
     def trained(self, v: Variant) -> dict | None:
-        """The ok trained record of this exact variant, if its weights are on disk."""
+        """The ok trained record of this exact variant, if its weights are on disk and load."""
         rec = read_record(self.paths.record(v))
-        if rec and rec.get("status") == "ok" and rec.get("config_hash") == v.config_hash and self.paths.model(v).is_file():
-            return rec
-        return None
+        if not (rec and rec.get("status") == "ok" and rec.get("config_hash") == v.config_hash):
+            return None
+        return rec if self._weights_ok(self.paths.model(v)) else None
+
+    def _weights_ok(self, path: Path) -> bool:
+        """Whether a final-weights file exists and loads (checked once per file version)."""
+        if not path.is_file():
+            return False
+        st = path.stat()
+        sig = (str(path), st.st_mtime_ns, st.st_size)
+        if sig not in self._verified:
+            try:
+                load_checkpoint(path)
+                self._verified[sig] = True
+            except CheckpointError as exc:
+                self.echo(f"warning: {exc}; retraining that variant")
+                path.unlink()
+                return False
+        return True
 
     def parent_problem(self, v: Variant) -> str | None:
         """Why `v` cannot be trained (its parent failed or was skipped), else None."""
@@ -185,11 +209,14 @@ class Sweep:
         self.echo(f"[{name}] training {len(todo)} variant(s)")
         self.progress.best = None
         grid = tuner.fit()
-        for r in grid:
-            if r.error is not None:
-                v = Variant.from_dict(r.config["variant"])
-                msg = str(r.error).strip().splitlines()[-1][:500]
-                write_row(_row(v, read_record(self.paths.record(v)), "failed", msg), self.paths.result(v))
+        crashed = {Variant.from_dict(r.config["variant"]).key: str(r.error).strip().splitlines()[-1][:500]
+                   for r in grid if r.error is not None}
+        for v in todo:
+            rec = read_record(self.paths.record(v))
+            if v.key in crashed:  # the trial raised even after its retries
+                write_row(_row(v, rec, "failed", crashed[v.key]), self.paths.result(v))
+            elif rec and rec.get("config_hash") == v.config_hash and rec.get("status") == "failed":  # diverged
+                write_row(_row(v, rec, "failed", rec.get("error")), self.paths.result(v))
 
     def ensure_logits(self, shared: list, gpus: float) -> None:
         """One pass of each seed's teacher over every student view, before any KD student trains."""
@@ -219,15 +246,33 @@ class Sweep:
         todo = [v for v in self.plan if not self.finished(v) and self.trained(v)]
         if not todo:
             return
-        workers = max(1, int(gpus_total))
+        on_gpu = gpus_total >= 1 and self.cfg.measure.latency_device != "cpu"
+        workers = int(gpus_total) if on_gpu else 1  # a CPU is one device: several timers would share its cores
         self.echo(f"[latency] measuring {len(todo)} variant(s) on {workers} device(s), one at a time per device")
-        opts = {"num_cpus": self.cfg.resources.cpus_per_trial, "num_gpus": 1 if gpus_total >= 1 else 0}
+        opts = {"num_cpus": self.cfg.resources.cpus_per_trial, "num_gpus": 1 if on_gpu else 0}
         shards = [[v.key for v in todo[i::workers]] for i in range(workers)]
         lat: dict[str, dict] = {}
         for part in ray.get([measure_task.options(**opts).remote(shared, s, num_classes) for s in shards if s]):
             lat |= part
         for v in todo:
             write_row(_row(v, self.trained(v), "ok", None, lat[v.key]), self.paths.result(v))
+
+
+def _lock(exp: Path):  # noqa: ANN202 - returns the open lock file, which must stay referenced
+    """Hold an exclusive lock on the experiment so two drivers never train into it at once (freed at exit/kill)."""
+    import fcntl
+
+    f = open(exp / ".kdsweep.lock", "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        raise ConfigError(f"--name: experiment {str(exp)!r} is in use by another kdsweep run "
+                          f"(pid {f.read().strip() or '?'}); wait for it or choose another --name") from None
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
 
 
 def _save_experiment(exp: Path, cfg: Config, plan: Plan) -> None:
@@ -240,7 +285,7 @@ def _save_experiment(exp: Path, cfg: Config, plan: Plan) -> None:
 
 
 def run(config: "str | Path | dict | Config", overrides: list[str] | None = None, storage: str | Path = "./runs",
-        name: str | None = None, address: str | None = None, dry_run: bool = False, echo: Echo = print) -> Path:
+        name: str | None = None, address: str | None = None, dry_run: bool = False, echo: Echo = say) -> Path:
     """Run (or resume) a sweep and return its experiment folder `<storage>/<name>`."""
     cfg = load_config(config, overrides)
     if name:
@@ -253,6 +298,7 @@ def run(config: "str | Path | dict | Config", overrides: list[str] | None = None
         return exp
     data = load_dataset(cfg.data)  # missing/corrupt data fails here, before Ray starts or anything is written
     exp.mkdir(parents=True, exist_ok=True)
+    lock = _lock(exp)
     _save_experiment(exp, cfg, plan)
     # Tune's own tables would drown the one-line progress; its CSV/JSON/TensorBoard logs are still written
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -264,6 +310,8 @@ def run(config: "str | Path | dict | Config", overrides: list[str] | None = None
     try:
         gpus_total = float(ray.cluster_resources().get("GPU", 0))
         gpus = cfg.resources.gpus_per_trial if gpus_total > 0 else 0.0
+        if gpus_total == 0 and cfg.measure.latency_device == "cuda":
+            raise ConfigError("measure.latency_device: 'cuda' but the Ray cluster has no GPU; use auto or cpu")
         if gpus_total == 0 and cfg.resources.gpus_per_trial > 0:
             echo("no GPU in the Ray cluster: every trial runs on CPU (resources.gpus_per_trial is ignored)")
         shared = [{"config": cfg.model_dump(mode="json"), "root": str(exp.resolve()), "data": ray.put(dataset_to_arrays(data)),
@@ -278,8 +326,13 @@ def run(config: "str | Path | dict | Config", overrides: list[str] | None = None
     finally:
         if started:
             ray.shutdown()
-    df = read_results(exp / "results")
-    echo(summary_table(df))
+        lock.close()
+    from .analysis import analyze, headline_table, load_experiment
+
+    loaded = load_experiment(exp)  # tolerant: a damaged result file shows up as `unreadable`, not a crash
+    echo(summary_table(loaded.rows))
+    echo(headline_table(loaded))
+    echo(f"analysis: {analyze(exp)}")
     echo(f"experiment: {exp}")
     return exp
 
@@ -290,9 +343,9 @@ def summary_table(df) -> str:
         return "(no results)"
     order = {"teacher": 0, "baseline": 1, "student": 2, "pruned": 3}
     df = df.assign(_o=df["stage"].map(order)).sort_values(["_o", "temperature", "alpha", "prune_amount", "seed"])
-    lines = [f"{'variant':<32}{'seed':>5} {'status':<8}{'acc':>7}{'lat ms':>9}{'MB':>8}{'nz MB':>8}{'zst MB':>8}"]
+    lines = [f"{'variant':<32}{'seed':>5} {'status':<11}{'acc':>7}{'lat ms':>9}{'MB':>8}{'nz MB':>8}{'zst MB':>8}"]
     f = lambda x, p: "-" if x is None or x != x else f"{x:.{p}f}"  # noqa: E731
     for r in df.itertuples():
-        lines.append(f"{r.variant:<32}{r.seed:>5} {r.status:<8}{f(r.test_acc, 4):>7}{f(r.latency_ms, 2):>9}"
+        lines.append(f"{r.variant:<32}{r.seed:>5} {r.status:<11}{f(r.test_acc, 4):>7}{f(r.latency_ms, 2):>9}"
                      f"{f(r.size_mb, 2):>8}{f(r.size_nonzero_mb, 2):>8}{f(r.size_compressed_mb, 2):>8}")
     return "\n".join(lines)

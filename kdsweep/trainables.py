@@ -59,8 +59,8 @@ def train_trial(config: dict, shared: list) -> None:
                        json.dumps({"pid": os.getpid(), "node": hostname(), "gpu_ids": gpu_ids, "start": start}).encode())
     record = train_variant(cfg, v, paths, data, trial_device(), plan,
                            on_epoch=lambda row: tune.report({**row, "key": v.key}),
-                           extra=lambda: {"node": hostname(), "gpu_ids": gpu_ids, "trial_start": start,
-                                          "trial_end": now()})
+                           extra=lambda: {"node": hostname(), "node_ip": ray.util.get_node_ip_address(),
+                                          "gpu_ids": gpu_ids, "trial_start": start, "trial_end": now()})
     tune.report({"key": v.key, "final": True, "status": record["status"], "test_acc": record.get("test_acc")})
 
 
@@ -68,7 +68,7 @@ def train_trial(config: dict, shared: list) -> None:
 def measure_task(shared: list, keys: list[str], num_classes: int) -> dict[str, dict]:
     """Latency of several variants, one after another, on the device this task holds alone."""
     cfg, paths, plan, _ = _context(shared)
-    device = trial_device()
+    device = torch.device("cpu") if cfg.measure.latency_device == "cpu" else trial_device()
     return {k: measure_latency(cfg, plan[k], paths, num_classes, device) for k in keys}
 
 

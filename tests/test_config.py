@@ -403,14 +403,21 @@ def _mutated(draw) -> tuple[dict, list[str]]:
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_mutated())
-def test_mutated_configs_only_raise_config_error(case):
+def test_config_mutations_give_an_error_or_a_plan(case):
+    from kdsweep.plan import describe, make_plan
+
     raw, overrides = case
     try:
         cfg = load_config(raw, overrides)
     except ConfigError as exc:
-        assert str(exc)
+        assert str(exc) and "\n" not in str(exc)
     else:
         assert isinstance(cfg, Config)
+        plan = make_plan(cfg)
+        kd = sum(a > 0 for a in cfg.kd.alpha) * len(cfg.kd.temperature) * len(cfg.seeds)
+        assert len(plan) == 2 * len(cfg.seeds) + kd * (1 + len(cfg.prune.amount))
+        assert len({v.key for v in plan}) == len(plan)
+        assert f"{len(plan)} variants" in describe(plan, cfg)
 
 
 # --- inputs that once escaped as other exception types ------------------------------------------------------

@@ -94,16 +94,26 @@ def test_dry_run_prints_the_reference_plan_without_ray(capsys, tmp_path):
     (["--set", "kd.alpha=1.5"], "kd.alpha"),
     (["--set", "kd.temprature=[2]"], "kd.temperature"),
     (["--set", "prune.amount"], "KEY=VALUE"),
+    (["--set", "prune.amount=1.0"], "prune.amount"),
+    (["--set", "kd.temperature=0"], "kd.temperature"),
+    (["--set", "kd.alpha=[]"], "kd.alpha"),
+    (["--set", "teacher.epochs=many"], "teacher.epochs"),
+    (["--set", "student.arch=vgg11"], "student.arch"),
+    (["--set", "data.dataset=imagenet"], "data.dataset"),
+    (["--set", "teacher.weights=/no/such/weights.pt"], "teacher.weights"),
     (["--set", "data.dataset=cifar10", "--set", "data.download=false", "--set", "data.root=/no/such/dir"], "data.root"),
+    (["--set", "data.dataset=cifar10", "--set", "data.download=false", "--set", "data.root=EMPTY"], "not found"),
 ])
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(args, needle, capsys, tmp_path):
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(args, needle, capsys, tmp_path, monkeypatch):
     import ray
 
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started for a bad input"))
+    (tmp_path / "empty").mkdir()
+    args = [a.replace("EMPTY", str(tmp_path / "empty")) for a in args]  # a data root that exists but is empty
     assert main(["run", SMOKE, "--storage", str(tmp_path / "runs"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
     assert not (tmp_path / "runs").exists()
-    assert not ray.is_initialized()
 
 
 def test_unwritable_storage_is_refused(tmp_path, capsys):
@@ -112,3 +122,16 @@ def test_unwritable_storage_is_refused(tmp_path, capsys):
     assert main(["run", SMOKE, "--storage", str(blocker / "runs")]) == 2
     assert "--storage" in capsys.readouterr().err
     assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("content", ["kd: [unclosed\n", "- just\n- a list\n", None])
+def test_unusable_config_file_exits_2(content, tmp_path, capsys):
+    path = tmp_path / "cfg.yaml"
+    if content is None:
+        path.mkdir()  # a folder where a file should be: unreadable
+    else:
+        path.write_text(content)
+    assert main(["run", str(path), "--storage", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(path) in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()

@@ -141,9 +141,18 @@ def test_online_teacher_counts_its_forward_passes(digits):
     assert hist[0]["teacher_forward_images"] == 128
 
 
-def test_diverging_training_raises(digits):
+@pytest.mark.parametrize("lr", [1e4, 1e8])
+def test_diverging_training_raises(digits, lr):
     data, view = digits
     small = type(data)("digits", data.train_x[:256], data.train_y[:256], data.test_x[:32], data.test_y[:32], data.classes)
     model = build_model("mobilenet_v3_small", 10)
-    with pytest.raises(DivergedError, match="non-finite loss"):
-        train(model, small, view, TrainSpec(epochs=3, lr=1e8, batch_size=32, schedule="constant"), CPU, evaluate=False)
+    with pytest.raises(DivergedError, match="loss .* at epoch 1"):
+        train(model, small, view, TrainSpec(epochs=3, lr=lr, batch_size=32, schedule="constant"), CPU, evaluate=False)
+
+
+def test_a_healthy_run_is_not_called_diverged(digits):
+    data, view = digits
+    small = type(data)("digits", data.train_x[:256], data.train_y[:256], data.test_x[:32], data.test_y[:32], data.classes)
+    hist = train(build_model("mobilenet_v3_small", 10), small, view, TrainSpec(epochs=2, lr=3e-3, batch_size=32,
+                 temperature=6, alpha=0.9), CPU, teacher=build_model("resnet18", 10), evaluate=False)
+    assert len(hist) == 2

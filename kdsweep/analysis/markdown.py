@@ -74,7 +74,7 @@ def _variants(v: pd.DataFrame) -> str:
               "Size MB", "Non-zero MB", "Compressed MB", "Sparsity %", "Error"]
     rows = []
     for r in v.itertuples():
-        err = r.error or ""
+        err = r.error if isinstance(r.error, str) else ""
         rows.append([r.variant, r.status, r.n, pm(r.test_acc_mean, r.test_acc_std, 2, 100),
                      num(r.test_acc_ci95, 2, 100), pm(r.latency_ms_mean, r.latency_ms_std, 3),
                      num(r.latency_p90_ms_mean, 3), num(r.size_mb_mean), num(r.size_nonzero_mb_mean),

@@ -14,7 +14,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from .tables import PARETO_AXES, Tables, pareto_front
+from .tables import Tables, pareto_front
 
 DPI = 150
 STYLE = {  # how each stage is drawn in the scatters; teacher and baseline stand out on purpose
@@ -58,7 +58,8 @@ def _heat_panels(v: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         return []
     panels = [("KD students (unpruned)", v[v["stage"] == "student"])]
     pruned = v[v["stage"] == "pruned"]
-    panels += [(f"pruned p = {p:g}", pruned[pruned["prune_amount"] == p]) for p in sorted(pruned["prune_amount"].dropna().unique())]
+    amounts = sorted(pruned["prune_amount"].dropna().unique())
+    panels += [(f"pruned p = {p:g}", pruned[pruned["prune_amount"] == p]) for p in amounts]
     return [(title, g) for title, g in panels if not g.empty]
 
 
@@ -143,7 +144,7 @@ def _scatter(ax, ok: pd.DataFrame, metric: str, xlabel: str, title: str) -> None
                     textcoords="offset points", fontsize=9, color="#333333", zorder=7)
     if metric == "size_nonzero_mb" and ok[x_col].max() > 4 * ok[x_col].min():
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 3, 5)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
     else:

@@ -1,4 +1,4 @@
-"""`analyze`: write results.csv, tradeoffs.md and metrics_grid.png for an experiment; `headline_table` for a terminal."""
+"""`analyze` writes results.csv, tradeoffs.md and metrics_grid.png; `headline_table` is for a terminal."""
 from __future__ import annotations
 
 import io
