@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -82,13 +83,18 @@ def train_variant(cfg: Config, v: Variant, paths: Paths, data: Dataset, device: 
     """Train one variant (resuming from its checkpoint), save its final weights, and write/return its trained record.
 
     A diverging run (non-finite loss) is recorded as `status: failed` with the reason instead of raising.
-    `extra()` adds fields known only to the caller (node, GPU ids, timestamps) to the record.
+    `extra()` adds fields known only to the caller (node, GPU ids, timestamps) to the record. Warnings raised
+    while training (a corrupt checkpoint set aside, a layer pruned past 90 %) go into the record's `warnings`, so
+    the driver can show them: a trial's own stderr is not where users look.
     """
-    try:
-        record = _train(cfg, v, paths, data, device, plan_by_key, on_epoch)
-    except DivergedError as exc:
-        record = {"status": "failed", "error": f"diverged: {exc}", "arch": arch_of(cfg, v)}
-    record |= {"config_hash": v.config_hash} | (extra() if extra else {})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            record = _train(cfg, v, paths, data, device, plan_by_key, on_epoch)
+        except DivergedError as exc:
+            record = {"status": "failed", "error": f"diverged: {exc}", "arch": arch_of(cfg, v)}
+    record |= {"config_hash": v.config_hash, "warnings": list(dict.fromkeys(
+        str(w.message) for w in caught if "kdsweep" in w.filename))} | (extra() if extra else {})
     _write_record(paths.record(v), record)
     return record
 

@@ -213,6 +213,8 @@ class Sweep:
                    for r in grid if r.error is not None}
         for v in todo:
             rec = read_record(self.paths.record(v))
+            for w in (rec or {}).get("warnings", []):
+                self.echo(f"warning [{v.key}]: {w}")
             if v.key in crashed:  # the trial raised even after its retries
                 write_row(_row(v, rec, "failed", crashed[v.key]), self.paths.result(v))
             elif rec and rec.get("config_hash") == v.config_hash and rec.get("status") == "failed":  # diverged

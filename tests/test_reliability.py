@@ -166,6 +166,7 @@ def test_damaged_result_and_weights_are_reported_and_recomputed(ray_local, smoke
     bad_row.write_bytes(bad_row.read_bytes()[:100])
     student = _artifact(exp, "student-T4-a0.5-s0")
     (student / "model.pt").write_bytes((student / "model.pt").read_bytes()[:1000])
+    (student / "checkpoint.pt").write_bytes(b"garbage")  # its training state too: it must train from scratch
     (exp / "results" / "student-T4-a0.5-s0.parquet").unlink()
     (exp / "results" / "pruned-T4-a0.5-p0.5-s0.parquet").unlink()
     from .conftest import REDUCED
@@ -173,6 +174,7 @@ def test_damaged_result_and_weights_are_reported_and_recomputed(ray_local, smoke
     kdsweep.run(SMOKE, overrides=REDUCED, storage=tmp_path, name="copy")
     out = capsys.readouterr().out
     assert str(bad_row) in out and str(student / "model.pt") in out
+    assert f"warning [student-T4-a0.5-s0]: {student / 'checkpoint.pt'}" in out and "from scratch" in out
     df = read_results(exp / "results").set_index("key")
     assert len(df) == 6 and (df.status == "ok").all()
     assert df.loc["student-T4-a0.5-s0", "train_runs"] == 2  # retrained: its weights were damaged
