@@ -27,7 +27,7 @@ SCHEMA = pa.schema([
     # extras: identity, lineage, and the evidence that shared work was done once
     ("key", pa.string()), ("parent", pa.string()), ("arch", pa.string()),
     ("epochs_run", pa.int64()), ("train_runs", pa.int64()), ("teacher_forward_images", pa.int64()),
-    ("teacher_logits", pa.string()), ("conv_sparsity", pa.float64()), ("node", pa.string()), ("node_ip", pa.string()), ("gpu_ids", pa.string()),
+    ("teacher_logits", pa.string()), ("conv_sparsity", pa.float64()), ("node", pa.string()), ("node_ip", pa.string()), ("node_id", pa.string()), ("gpu_ids", pa.string()),
     ("trial_start", pa.float64()), ("trial_end", pa.float64()),
 ])
 COLUMNS = SCHEMA.names

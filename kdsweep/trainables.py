@@ -60,6 +60,7 @@ def train_trial(config: dict, shared: list) -> None:
     record = train_variant(cfg, v, paths, data, trial_device(), plan,
                            on_epoch=lambda row: tune.report({**row, "key": v.key}),
                            extra=lambda: {"node": hostname(), "node_ip": ray.util.get_node_ip_address(),
+                                          "node_id": ray.get_runtime_context().get_node_id(),
                                           "gpu_ids": gpu_ids, "trial_start": start, "trial_end": now()})
     tune.report({"key": v.key, "final": True, "status": record["status"], "test_acc": record.get("test_acc")})
 
