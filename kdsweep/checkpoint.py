@@ -1,6 +1,7 @@
 """Atomic checkpoint files and safe loading (tensors and plain containers only)."""
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tempfile
@@ -9,6 +10,7 @@ from typing import Any
 
 import torch
 
+from . import storage
 from .fileio import atomic_write_bytes  # noqa: F401 - re-exported for callers of checkpoint
 
 
@@ -17,8 +19,13 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(obj: Any, path: str | Path) -> None:
-    """torch.save `obj` atomically."""
-    path = Path(path)
+    """torch.save `obj` atomically (a local path or a storage URI such as s3://bucket/key)."""
+    if not storage.is_local(path):
+        buf = io.BytesIO()
+        torch.save(obj, buf)  # fails before anything is written, as locally
+        storage.write_bytes(path, buf.getvalue())
+        return
+    path = Path(storage.resolve(path)[1]) if str(path).startswith("file://") else Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -35,7 +42,10 @@ def save_checkpoint(obj: Any, path: str | Path) -> None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """torch.load with weights_only=True; a pickled object or a damaged file is a CheckpointError naming the path."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        if storage.is_local(path):
+            return torch.load(storage.resolve(path)[1] if str(path).startswith("file://") else path,
+                              map_location=map_location, weights_only=True)
+        return torch.load(io.BytesIO(storage.read_bytes(path)), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's own message is a long how-to-unsafely-load; keep only the blocked global, if named
         blocked = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), "")

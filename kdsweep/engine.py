@@ -3,6 +3,7 @@ bf16 autocast + channels_last on CUDA, per-epoch metrics, atomic per-epoch check
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import storage
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import Dataset, ViewSpec, augment_params, make_views, train_batches
 from .losses import kd_loss
@@ -84,8 +86,8 @@ def train(model: nn.Module, data: Dataset, view: ViewSpec, spec: TrainSpec, devi
     n = len(data.train_y)
     history: list[dict] = []
     start = 0
-    ckpt = Path(checkpoint) if checkpoint else None
-    if ckpt and ckpt.is_file():
+    ckpt = os.fspath(checkpoint) if checkpoint else None
+    if ckpt and storage.exists(ckpt):
         try:
             state = load_checkpoint(ckpt, map_location=device)
             saved_history, saved_epoch = list(state["history"]), int(state["epoch"])
@@ -94,7 +96,7 @@ def train(model: nn.Module, data: Dataset, view: ViewSpec, spec: TrainSpec, devi
             history, start = saved_history, saved_epoch
         except (CheckpointError, KeyError, RuntimeError) as exc:
             warnings.warn(f"{exc}; ignoring it and training from scratch", stacklevel=2)
-            ckpt.replace(ckpt.with_name(ckpt.name + ".corrupt"))
+            storage.move(ckpt, ckpt + ".corrupt")
     steps_per_epoch = len(train_batches(n, spec.batch_size, spec.seed, 0))
     total = spec.epochs * steps_per_epoch
     amp = device.type == "cuda"

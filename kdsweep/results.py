@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .fileio import atomic_write_bytes
+from . import storage
 
 # column -> arrow type; the order is the contract's order (DESIGN.md), extras after
 SCHEMA = pa.schema([
@@ -65,20 +65,20 @@ def write_row(row: dict, path: str | Path) -> None:
     table = pa.Table.from_pylist([{c: row.get(c) for c in COLUMNS}], schema=SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    storage.write_bytes(path, buf.getvalue())
 
 
 def read_row(path: str | Path) -> dict:
     """Read one result file; a damaged file is a ResultError naming it."""
     try:
-        return pq.read_table(path).to_pylist()[0]
+        return pq.read_table(pa.BufferReader(storage.read_bytes(path))).to_pylist()[0]
     except (pa.ArrowException, OSError, IndexError) as exc:
         raise ResultError(f"{path}: unreadable result file ({exc.__class__.__name__}: {exc})") from None
 
 
 def read_results(results_dir: str | Path) -> pd.DataFrame:
-    """All result rows of an experiment's results/ folder as one DataFrame (contract column order)."""
-    files = sorted(Path(results_dir).glob("*.parquet"))
+    """All result rows of an experiment's results/ folder (a path or URI) as one DataFrame (contract column order)."""
+    files = storage.listdir(results_dir, ".parquet")
     rows = [read_row(f) for f in files]
     return pd.DataFrame(rows, columns=COLUMNS)
 

@@ -6,6 +6,7 @@ checkpoint, and the Ray trainables stay thin wrappers.
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from . import storage
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, config_hash, teacher_settings
 from .data import Dataset, ViewSpec
 from .engine import DivergedError, TrainSpec, recalibrate_bn, teacher_logits, train
@@ -27,53 +29,56 @@ from .pruning import apply_pruning, make_permanent, sparsity_report
 
 @dataclass(frozen=True)
 class Paths:
-    """Where an experiment keeps its files."""
+    """Where an experiment keeps its files: locations (strings) under `root`, a local path or a URI (s3://...)."""
 
-    root: Path
+    root: str
 
-    def artifact_dir(self, v: Variant) -> Path:
+    def __post_init__(self):
+        object.__setattr__(self, "root", os.fspath(self.root))
+
+    def artifact_dir(self, v: Variant) -> str:
         # the hash in the name: a changed upstream setting gets a fresh folder instead of a stale checkpoint
-        return self.root / "artifacts" / f"{v.key}-{v.config_hash[:10]}"
+        return storage.join(self.root, "artifacts", f"{v.key}-{v.config_hash[:10]}")
 
-    def checkpoint(self, v: Variant) -> Path:
-        return self.artifact_dir(v) / "checkpoint.pt"
+    def checkpoint(self, v: Variant) -> str:
+        return storage.join(self.artifact_dir(v), "checkpoint.pt")
 
-    def model(self, v: Variant) -> Path:
-        return self.artifact_dir(v) / "model.pt"
+    def model(self, v: Variant) -> str:
+        return storage.join(self.artifact_dir(v), "model.pt")
 
-    def record(self, v: Variant) -> Path:
-        return self.artifact_dir(v) / "trained.json"
+    def record(self, v: Variant) -> str:
+        return storage.join(self.artifact_dir(v), "trained.json")
 
-    def result(self, v: Variant) -> Path:
-        return self.root / "results" / f"{v.key}.parquet"
+    def result(self, v: Variant) -> str:
+        return storage.join(self.root, "results", f"{v.key}.parquet")
 
-    def teacher_logits(self, cfg: Config, seed: int) -> Path:
+    def teacher_logits(self, cfg: Config, seed: int) -> str:
         epochs = cfg.student.epochs + cfg.prune.recovery_epochs
         h = config_hash({"teacher": config_hash(teacher_settings(cfg, seed)), "epochs": epochs})
-        return self.root / "artifacts" / f"teacher_logits-s{seed}-{h[:10]}.pt"
+        return storage.join(self.root, "artifacts", f"teacher_logits-s{seed}-{h[:10]}.pt")
 
 
 def arch_of(cfg: Config, v: Variant) -> str:
     return cfg.teacher.arch if v.stage == "teacher" else cfg.student.arch
 
 
-def read_record(path: Path) -> dict | None:
+def read_record(path: str | Path) -> dict | None:
     """The trained record of a variant, or None if absent or unreadable (then the variant is retrained)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        return json.loads(storage.read_text(path))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
 
 
-def _write_record(path: Path, record: dict) -> None:
-    atomic_write_bytes(path, json.dumps(record, indent=1).encode())
+def _write_record(path: str, record: dict) -> None:
+    storage.write_bytes(path, json.dumps(record, indent=1).encode())
 
 
 def _bump_runs(paths: Paths, v: Variant) -> int:
     """Count training starts of a variant (evidence that shared work ran once)."""
-    f = paths.artifact_dir(v) / "train_runs"
-    n = int(f.read_text()) + 1 if f.is_file() else 1
-    atomic_write_bytes(f, str(n).encode())
+    f = storage.join(paths.artifact_dir(v), "train_runs")
+    n = int(storage.read_text(f)) + 1 if storage.exists(f) else 1
+    storage.write_bytes(f, str(n).encode())
     return n
 
 
@@ -115,7 +120,7 @@ def _train(cfg: Config, v: Variant, paths: Paths, data: Dataset, device: torch.d
         if v.alpha > 0:
             if cfg.kd.teacher_logits == "cached":
                 lp = paths.teacher_logits(cfg, v.seed)
-                logits, logits_name = load_checkpoint(lp), lp.name
+                logits, logits_name = load_checkpoint(lp), storage.basename(lp)
             else:
                 tv = plan_by_key[f"teacher-s{v.seed}"]
                 teacher_model = build_model(cfg.teacher.arch, data.num_classes, str(paths.model(tv)),
@@ -154,10 +159,10 @@ def _train(cfg: Config, v: Variant, paths: Paths, data: Dataset, device: torch.d
 
 
 def ensure_teacher_logits(cfg: Config, seed: int, paths: Paths, data: Dataset, device: torch.device,
-                          teacher: Variant) -> Path:
+                          teacher: Variant) -> str:
     """Compute (once) the teacher's logits for every view the students and their recovery epochs will see."""
     out = paths.teacher_logits(cfg, seed)
-    if out.is_file():
+    if storage.exists(out):
         return out
     model = build_model(cfg.teacher.arch, data.num_classes, str(paths.model(teacher)), cfg.teacher.bn_momentum,
                         key="teacher")

@@ -15,6 +15,7 @@ from typing import Callable
 
 import yaml
 
+from . import storage as store
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import Config, ConfigError, load_config
 from .data import load_dataset
@@ -30,6 +31,18 @@ def say(msg: str) -> None:
     print(msg, flush=True)
 
 LOCAL_NODE_IP = "127.0.0.2" if sys.platform.startswith("linux") else "127.0.0.1"
+
+
+def _check_storage(exp: "Path | str") -> None:
+    """Fail before any work if the experiment folder could not be created or written (or its bucket reached)."""
+    if isinstance(exp, Path):
+        _writable_ancestor(exp)
+        return
+    try:
+        store.check_reachable(exp)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises OSError subclasses and ArrowException alike
+        raise ConfigError(f"--storage: {exp!r} is not reachable ({exc.__class__.__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
 def _writable_ancestor(path: Path) -> None:
@@ -109,7 +122,7 @@ def _init_ray(address: str | None, echo: Echo) -> bool:
 class Sweep:
     """One `kdsweep run`: state shared by its waves."""
 
-    def __init__(self, cfg: Config, exp: Path, plan: Plan, echo: Echo):
+    def __init__(self, cfg: Config, exp: "Path | str", plan: Plan, echo: Echo):
         self.cfg, self.exp, self.plan, self.echo = cfg, exp, plan, echo
         self.paths = Paths(exp)
         self.by_key = plan.by_key()
@@ -121,7 +134,7 @@ class Sweep:
         """A result row with this variant's config hash exists and is ok (`say`: tell why not, when it exists)."""
         echo = self.echo if say else (lambda _msg: None)
         path = self.paths.result(v)
-        if not path.is_file():
+        if not store.exists(path):
             return False
         try:
             row = read_row(path)
@@ -143,19 +156,19 @@ class Sweep:
             return None
         return rec if self._weights_ok(self.paths.model(v)) else None
 
-    def _weights_ok(self, path: Path) -> bool:
+    def _weights_ok(self, path: str) -> bool:
         """Whether a final-weights file exists and loads (checked once per file version)."""
-        if not path.is_file():
+        if not store.exists(path):
             return False
-        st = path.stat()
-        sig = (str(path), st.st_mtime_ns, st.st_size)
+        st = store.info(path)
+        sig = (str(path), st.mtime_ns, st.size)
         if sig not in self._verified:
             try:
                 load_checkpoint(path)
                 self._verified[sig] = True
             except CheckpointError as exc:
                 self.echo(f"warning: {exc}; retraining that variant")
-                path.unlink()
+                store.remove(path)
                 return False
         return True
 
@@ -168,7 +181,7 @@ class Sweep:
             return None
         rec = read_record(self.paths.record(parent))
         why = rec.get("error") if rec else None
-        if not why and self.paths.result(parent).is_file():
+        if not why and store.exists(self.paths.result(parent)):
             try:
                 why = read_row(self.paths.result(parent))["error"]
             except ResultError:
@@ -196,13 +209,18 @@ class Sweep:
         res = {"cpu": self.cfg.resources.cpus_per_trial, "gpu": gpus}
         trainable = tune.with_resources(tune.with_parameters(train_trial, shared=shared), res)
         key_of = lambda t: Variant.from_dict(t.config["variant"]).key  # noqa: E731
+        if isinstance(self.exp, Path):
+            where = {"storage_path": str((self.exp / "tune").resolve())}
+        else:  # hand Tune the filesystem itself, so it reaches the same endpoint (AWS_ENDPOINT_URL) as kdsweep
+            fs, path = store.resolve(store.join(self.exp, "tune"))
+            where = {"storage_path": path, "storage_filesystem": fs}
         tuner = tune.Tuner(
             trainable,
             param_space={"variant": tune.grid_search([v.to_dict() for v in todo])},
             # reuse_actors: a trial process keeps torch imported and the dataset mapped for the next trial
             tune_config=tune.TuneConfig(trial_name_creator=key_of, trial_dirname_creator=key_of, reuse_actors=True),
             run_config=tune.RunConfig(
-                name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str((self.exp / "tune").resolve()),
+                name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", **where,
                 failure_config=tune.FailureConfig(max_failures=2), verbose=0,
                 callbacks=[self.progress.callback(name, len(todo))]),
         )
@@ -232,7 +250,7 @@ class Sweep:
         seeds = sorted({v.seed for v in kd if not self.finished(v) or any(
             not self.finished(p) for p in self.plan.stage("pruned") if p.parent == v.key)})
         seeds = [s for s in seeds if self.trained(self.by_key[f"teacher-s{s}"])
-                 and not self.paths.teacher_logits(self.cfg, s).is_file()]
+                 and not store.exists(self.paths.teacher_logits(self.cfg, s))]
         if seeds:
             self.echo(f"[teacher logits] one pass per seed for seeds {seeds}")
             # nothing else runs between waves: give each pass a whole device
@@ -277,30 +295,44 @@ def _lock(exp: Path):  # noqa: ANN202 - returns the open lock file, which must s
     return f
 
 
-def _save_experiment(exp: Path, cfg: Config, plan: Plan) -> None:
-    from .checkpoint import atomic_write_bytes
-
-    atomic_write_bytes(exp / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode())
+def _save_experiment(exp: "Path | str", cfg: Config, plan: Plan) -> None:
     import json
 
-    atomic_write_bytes(exp / "plan.json", json.dumps([v.to_dict() | {"key": v.key} for v in plan], indent=1).encode())
+    store.write_bytes(store.join(exp, "config.yaml"),
+                      yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode())
+    store.write_bytes(store.join(exp, "plan.json"),
+                      json.dumps([v.to_dict() | {"key": v.key} for v in plan], indent=1).encode())
 
 
 def run(config: "str | Path | dict | Config", overrides: list[str] | None = None, storage: str | Path = "./runs",
-        name: str | None = None, address: str | None = None, dry_run: bool = False, echo: Echo = say) -> Path:
-    """Run (or resume) a sweep and return its experiment folder `<storage>/<name>`."""
+        name: str | None = None, address: str | None = None, dry_run: bool = False,
+        echo: Echo = say) -> "Path | str":
+    """Run (or resume) a sweep and return its experiment folder `<storage>/<name>`.
+
+    `storage` is a local/NFS path (the return value is then a Path) or a URI such as s3://bucket/prefix (returned as
+    the experiment's URI string).
+    """
     cfg = load_config(config, overrides)
     if name:
         cfg = load_config(cfg.model_dump(mode="json") | {"name": name})
-    exp = Path(storage).expanduser() / cfg.name
-    _writable_ancestor(exp)
+    local = store.is_local(storage)
+    if local:  # a file:// URI is a local path too
+        exp: Path | str = Path(store.resolve(storage)[1] if str(storage).startswith("file://") else storage)
+        exp = exp.expanduser() / cfg.name
+    else:
+        exp = store.join(str(storage), cfg.name)
+    _check_storage(exp)
     plan = make_plan(cfg)
     echo(describe(plan, cfg))
     if dry_run:
         return exp
     data = load_dataset(cfg.data)  # missing/corrupt data fails here, before Ray starts or anything is written
-    exp.mkdir(parents=True, exist_ok=True)
-    lock = _lock(exp)
+    if local:
+        exp.mkdir(parents=True, exist_ok=True)
+        lock = _lock(exp)
+    else:
+        lock = None
+        echo(f"note: {exp} is object storage: nothing stops two kdsweep drivers from running this experiment at once")
     _save_experiment(exp, cfg, plan)
     # Tune's own tables would drown the one-line progress; its CSV/JSON/TensorBoard logs are still written
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -316,7 +348,8 @@ def run(config: "str | Path | dict | Config", overrides: list[str] | None = None
             raise ConfigError("measure.latency_device: 'cuda' but the Ray cluster has no GPU; use auto or cpu")
         if gpus_total == 0 and cfg.resources.gpus_per_trial > 0:
             echo("no GPU in the Ray cluster: every trial runs on CPU (resources.gpus_per_trial is ignored)")
-        shared = [{"config": cfg.model_dump(mode="json"), "root": str(exp.resolve()), "data": ray.put(dataset_to_arrays(data)),
+        shared = [{"config": cfg.model_dump(mode="json"), "root": str(exp.resolve()) if local else exp,
+                   "data": ray.put(dataset_to_arrays(data)),
                    "plan": [{"key": v.key, "variant": v.to_dict()} for v in plan],
                    "cpus_per_trial": cfg.resources.cpus_per_trial}]
         sweep = Sweep(cfg, exp, plan, echo)
@@ -328,7 +361,8 @@ def run(config: "str | Path | dict | Config", overrides: list[str] | None = None
     finally:
         if started:
             ray.shutdown()
-        lock.close()
+        if lock is not None:
+            lock.close()
     from .analysis import analyze, headline_table, load_experiment
 
     loaded = load_experiment(exp)  # tolerant: a damaged result file shows up as `unreadable`, not a crash

@@ -4,14 +4,13 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import ray
 import torch
 from ray import tune
 
-from .checkpoint import atomic_write_bytes
+from . import storage
 from .config import Config
 from .data import Dataset
 from .plan import Variant
@@ -45,7 +44,7 @@ def _context(shared: list) -> tuple[Config, Paths, dict[str, Variant], Dataset]:
     cfg = Config.model_validate(ctx["config"])
     plan = {d["key"]: Variant.from_dict(d["variant"]) for d in ctx["plan"]}
     torch.set_num_threads(max(1, int(ctx["cpus_per_trial"])))
-    return cfg, Paths(Path(ctx["root"])), plan, dataset_from_arrays(ray.get(ctx["data"]))
+    return cfg, Paths(ctx["root"]), plan, dataset_from_arrays(ray.get(ctx["data"]))
 
 
 def train_trial(config: dict, shared: list) -> None:
@@ -55,7 +54,7 @@ def train_trial(config: dict, shared: list) -> None:
     start = now()
     gpu_ids = ",".join(str(g) for g in ray.get_gpu_ids())
     # who is training this variant right now: for operators (and the crash tests) to find the process
-    atomic_write_bytes(paths.artifact_dir(v) / "trial.json",
+    storage.write_bytes(storage.join(paths.artifact_dir(v), "trial.json"),
                        json.dumps({"pid": os.getpid(), "node": hostname(), "gpu_ids": gpu_ids, "start": start}).encode())
     record = train_variant(cfg, v, paths, data, trial_device(), plan,
                            on_epoch=lambda row: tune.report({**row, "key": v.key}),

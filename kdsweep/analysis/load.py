@@ -51,11 +51,12 @@ class Experiment:
 
 def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str, str]:
     """(filesystem, path within it, display URI) for a local path or a URI like s3://bucket/exp."""
+    from .. import storage  # S3-compatible endpoints (AWS_ENDPOINT_URL) are handled in one place
+
     text = os.fspath(location)
     if "://" not in text:
-        # from_uri rejects relative paths, so make local ones absolute first
         text = os.path.abspath(os.path.expanduser(text))
-    fs, path = pafs.FileSystem.from_uri(text)
+    fs, path = storage.resolve(text)
     return fs, path.rstrip("/") or "/", text.rstrip("/")
 
 
