@@ -167,20 +167,31 @@ class TreeSampler:
 
 # --- 1. sweep vs per-cell grid -------------------------------------------------------------------------------------
 
-WAVE_RE = re.compile(r"^\[(teacher\+baseline|student|pruned)\] training|^\[(teacher logits)\]|^\[(latency)\] measuring")
+DONE_RE = re.compile(r"^\[([^\]]+)\] (ok|failed|skipped)")
+MILESTONES = {"teacher": "teacher-", "teacher logits": "logits-", "students": "student-", "pruned": "pruned-",
+              "latency": "latency"}
 
 
 def wave_breakdown(lines: list[tuple[float, str]], wall: float) -> dict:
-    """Wall seconds per phase of `kdsweep run`, from the timestamps of its progress lines."""
-    marks = [(0.0, "setup (config, dataset, ray.put)")]
+    """Seconds from the start of `kdsweep run` until each milestone, from the timestamps of its progress lines.
+
+    One Tune run serves the whole sweep and stages overlap (a pruned variant starts as soon as its own student is
+    trained), so these are cumulative times ("all students done at 41 s"), not per-stage durations.
+    """
+    out = {"setup done (config, dataset, Ray, first task queued)": next(
+        (t for t, m in lines if m.startswith("[sweep] training") or m.startswith("[latency]")), 0.0)}
+    last: dict[str, float] = {}
     for t, msg in lines:
-        m = WAVE_RE.match(msg)
+        m = DONE_RE.match(msg)
         if m:
-            marks.append((t, next(g for g in m.groups() if g)))
-        elif msg.startswith("variant ") and marks[-1][1] == "latency":
-            marks.append((t, "report (tables, analysis, figure)"))
-    marks.append((wall, "end"))
-    return {name: round(marks[i + 1][0] - t, 2) for i, (t, name) in enumerate(marks[:-1])}
+            for name, prefix in MILESTONES.items():
+                if m.group(1).startswith(prefix):
+                    last[name] = t
+    out |= {f"all {k} done": round(last[k], 2) for k in MILESTONES if k in last}
+    report = next((t for t, m in lines if m.startswith("variant ")), None)
+    if report is not None:
+        out["report (tables, analysis, figure)"] = round(wall - report, 2)
+    return out
 
 
 def run_ours(cfg, storage: Path) -> dict:  # noqa: ANN001
@@ -277,9 +288,9 @@ def bench_sweep(cfg, storage_root: Path, repeats: int, keep: bool, m: dict) -> t
     ours_info = {"wall_s": spread(ours_wall), "variants": o_last["rows"], "status": o_last["status"],
                  "passes_analytic": percell.expected_passes(cfg, n_train, "ours"),
                  "passes_from_rows": o_last["passes_from_rows"], "cached_logit_views": o_last["cached_logit_views"],
-                 "waves_s_median": {k: round(med([o["waves"].get(k, 0.0) for o in arms["ours"]]), 2)
+                 "milestones_s_median": {k: round(med([o["waves"].get(k, 0.0) for o in arms["ours"]]), 2)
                                     for k in o_last["waves"]},
-                 "waves_s_runs": [o["waves"] for o in arms["ours"]], "stages_last_run": o_last["stages"],
+                 "milestones_s_runs": [o["waves"] for o in arms["ours"]], "stages_last_run": o_last["stages"],
                  "memory_runs": [o["mem"] for o in arms["ours"]]}
     entries = []
     for arm, name in (("full", "sweep_vs_percell_full"), ("shared_teacher", "sweep_vs_percell_shared_teacher")):

@@ -110,5 +110,5 @@ def describe(plan: Plan, cfg: Config, gpus: float | None = None) -> str:
         epochs = cfg.student.epochs + cfg.prune.recovery_epochs
         lines.append(f"  teacher logits: {mode}" + (f" (one pass per seed over {epochs} epochs of views, "
                      f"shared by {kd_n // len(cfg.seeds)} KD students and their pruned variants)" if mode == "cached" else ""))
-    lines.append("  latency: measured after training, one variant at a time per device")
+    lines.append("  latency: measured after all training, one variant at a time on one device")
     return "\n".join(lines)

@@ -49,6 +49,12 @@ class Paths:
     def record(self, v: Variant) -> str:
         return storage.join(self.artifact_dir(v), "trained.json")
 
+    def latency(self, v: Variant) -> str:
+        return storage.join(self.artifact_dir(v), "latency.json")
+
+    def signals(self, run: str) -> str:
+        return storage.join(self.root, "signals", f"{run}.json")
+
     def result(self, v: Variant) -> str:
         return storage.join(self.root, "results", f"{v.key}.parquet")
 

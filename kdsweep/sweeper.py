@@ -1,11 +1,11 @@
-"""Config -> plan -> one Ray Tune run per wave of independent variants -> latency phase -> result rows.
+"""Config -> plan -> task graph of what is left -> one Ray Tune run (see `schedule`) -> result rows.
 
-Waves run in dependency order: (teacher, baseline) -> cached teacher logits -> KD students -> pruned. Finished
-variants (a result file with the same config hash) are never trained again; unfinished ones resume from their
-last epoch checkpoint.
+Finished variants (a result file with the same config hash) are never trained again; unfinished ones resume from
+their last epoch checkpoint.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -21,6 +21,7 @@ from .config import Config, ConfigError, load_config
 from .data import load_dataset
 from .plan import Plan, Variant, describe, make_plan
 from .results import COLUMNS, ResultError, provenance, read_row, write_row
+from .schedule import Task
 from .stages import Paths, read_record
 
 Echo = Callable[[str], None]
@@ -64,40 +65,35 @@ def _row(v: Variant, record: dict | None, status: str, error: str | None = None,
 
 
 class _Progress:
-    """One status line per event: stage, trials done/total, best accuracy so far, elapsed."""
+    """One status line per finished task: what finished, trained/total per stage, failures, best accuracy, elapsed."""
 
     def __init__(self, echo: Echo, start: float):
-        self.echo, self.start, self.best = echo, start, None
+        self.echo, self.start = echo, start
+        self.best: float | None = None
+        self.total: dict[str, int] = {}
+        self.done: dict[str, int] = {}
+        self.failed = 0
 
-    def callback(self, wave: str, total: int):
-        from ray import tune
-
-        progress = self
-
-        class Cb(tune.Callback):
-            done = failed = 0
-
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                acc = result.get("test_acc")
-                if acc is not None and (progress.best is None or acc > progress.best):
-                    progress.best = acc
-
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                self.done += 1
-                progress.line(wave, self.done, total, self.failed)
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                self.done += 1
-                self.failed += 1
-                progress.line(wave, self.done, total, self.failed)
-
-        return Cb()
-
-    def line(self, wave: str, done: int, total: int, failed: int = 0) -> None:
+    def event(self, task: "Task", status: str, result: dict) -> None:
+        if status == "start":
+            if task.kind == "logits":
+                self.echo(f"[teacher logits] seed {task.payload['seed']}: one teacher pass over every student view")
+            elif task.kind == "latency":
+                self.echo(f"[latency] queued: {len(task.payload['keys'])} model(s), one at a time on one device, "
+                          "once all training has finished")
+            return
+        if task.kind == "train":
+            self.done[task.stage] = self.done.get(task.stage, 0) + 1
+        acc = result.get("test_acc")
+        if status == "ok" and isinstance(acc, float) and (self.best is None or acc > self.best):
+            self.best = acc
+        self.failed += status != "ok"
         el = int(time.time() - self.start)
-        best = f"{self.best:.4f}" if self.best is not None else "-"  # best test accuracy of this wave
-        fail = f", {failed} failed" if failed else ""
-        self.echo(f"[{wave}] {done}/{total} done{fail} · best acc so far {best} · {el // 60}m{el % 60:02d}s elapsed")
+        counts = " ".join(f"{s} {self.done.get(s, 0)}/{n}" for s, n in self.total.items())
+        best = f"{self.best:.4f}" if self.best is not None else "-"
+        fail = f", {self.failed} not ok" if self.failed else ""
+        what = status if status in ("ok",) else status.split(":")[0]
+        self.echo(f"[{task.id}] {what} · trained {counts}{fail} · best acc {best} · {el // 60}m{el % 60:02d}s elapsed")
 
 
 def _init_ray(address: str | None, echo: Echo) -> bool:
@@ -189,26 +185,54 @@ class Sweep:
         return f"skipped: parent {parent.key} has no trained model ({why or 'not trained'})"
 
     # -- work -------------------------------------------------------------------------------------------
-    def run_wave(self, name: str, variants: list[Variant], shared: list, gpus: float) -> None:
-        """Train `variants` concurrently as one Tuner run; failures become failed rows."""
+    def tasks(self) -> list[Task]:
+        """The task graph of what is left: untrained variants, the teacher logits they need, one latency task."""
+        todo = [v for v in self.plan if not self.finished(v, say=True) and not self.trained(v)]
+        todo_keys = {v.key for v in todo}
+        cached = self.cfg.kd.teacher_logits == "cached"
+        seeds = sorted({v.seed for v in todo if v.stage in ("student", "pruned") and v.alpha > 0})
+        logits = {s: f"logits-s{s}" for s in seeds
+                  if cached and not store.exists(self.paths.teacher_logits(self.cfg, s))}
+        tasks = [Task(lid, "logits", "logits", tuple(k for k in [f"teacher-s{s}"] if k in todo_keys), {"seed": s})
+                 for s, lid in logits.items()]
+        for v in todo:
+            deps = [v.parent] if v.parent else []
+            if v.stage == "student" and cached:
+                deps = [f"logits-s{v.seed}"]  # its teacher, through the logits
+            elif v.stage == "pruned" and cached:
+                deps.append(f"logits-s{v.seed}")  # recovery epochs distil too (usually implied by the parent)
+            deps = [d for d in deps if d in todo_keys or d in logits.values()]
+            tasks.append(Task(v.key, "train", v.stage, tuple(deps), {"variant": v.to_dict()}))
+        measure = [v for v in self.plan if not self.finished(v)]
+        if measure:
+            for v in measure:  # never read a latency measured for earlier weights of this variant
+                if store.exists(self.paths.latency(v)):
+                    store.remove(self.paths.latency(v))
+            tasks.append(Task("latency", "latency", "latency", tuple(t.id for t in tasks if t.kind == "train"),
+                              {"keys": [v.key for v in measure]}))
+        return tasks
+
+    def execute(self, shared: list, gpus: float, slots: int) -> None:
+        """Run every task left as one Ray Tune run; then write a result row for every variant it touched."""
         from ray import tune
 
-        from .trainables import train_trial
+        from .schedule import DagSearcher
+        from .trainables import run_task
 
-        todo = []
-        for v in variants:
-            if self.finished(v, say=True) or self.trained(v):
-                continue
-            problem = self.parent_problem(v)
-            if problem:
-                write_row(_row(v, None, "skipped", problem), self.paths.result(v))
-                continue
-            todo.append(v)
-        if not todo:
+        tasks = self.tasks()
+        if not tasks:
             return
+        train = [t for t in tasks if t.kind == "train"]
+        self.progress.total = {s: n for s in ("teacher", "baseline", "student", "pruned")
+                               if (n := sum(t.stage == s for t in train))}
+        if train:
+            self.echo(f"[sweep] training {len(train)} variant(s): "
+                      + ", ".join(f"{s} {n}" for s, n in self.progress.total.items()) + f"; {slots} trial slot(s)")
+        run_name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+        searcher = DagSearcher(tasks, slots, self.paths.signals(run_name), self.progress.event)
         res = {"cpu": self.cfg.resources.cpus_per_trial, "gpu": gpus}
-        trainable = tune.with_resources(tune.with_parameters(train_trial, shared=shared), res)
-        key_of = lambda t: Variant.from_dict(t.config["variant"]).key  # noqa: E731
+        trainable = tune.with_resources(tune.with_parameters(run_task, shared=shared), res)
+        name_of = lambda t: t.config["id"]  # noqa: E731
         if isinstance(self.exp, Path):
             where = {"storage_path": str((self.exp / "tune").resolve())}
         else:  # hand Tune the filesystem itself, so it reaches the same endpoint (AWS_ENDPOINT_URL) as kdsweep
@@ -216,66 +240,64 @@ class Sweep:
             where = {"storage_path": path, "storage_filesystem": fs}
         tuner = tune.Tuner(
             trainable,
-            param_space={"variant": tune.grid_search([v.to_dict() for v in todo])},
-            # reuse_actors: a trial process keeps torch imported and the dataset mapped for the next trial
-            tune_config=tune.TuneConfig(trial_name_creator=key_of, trial_dirname_creator=key_of, reuse_actors=True),
-            run_config=tune.RunConfig(
-                name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", **where,
-                failure_config=tune.FailureConfig(max_failures=2), verbose=0,
-                callbacks=[self.progress.callback(name, len(todo))]),
+            # reuse_actors: a trial process keeps torch imported and the dataset mapped for the next task;
+            # max_concurrent_trials: one queued task beyond the slots, so a finishing trial always has a successor
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, max_concurrent_trials=slots + 1,
+                                        trial_name_creator=name_of, trial_dirname_creator=name_of,
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(name=run_name, **where, verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=2)),
         )
-        self.echo(f"[{name}] training {len(todo)} variant(s)")
-        self.progress.best = None
         grid = tuner.fit()
-        crashed = {Variant.from_dict(r.config["variant"]).key: str(r.error).strip().splitlines()[-1][:500]
-                   for r in grid if r.error is not None}
-        for v in todo:
-            rec = read_record(self.paths.record(v))
-            for w in (rec or {}).get("warnings", []):
+        crashed = {r.config["id"]: str(r.error).strip().splitlines()[-1][:500] for r in grid if r.error is not None}
+        self._write_rows(tasks, searcher.done, crashed)
+
+    def _write_rows(self, tasks: list[Task], done: dict[str, str], crashed: dict[str, str]) -> None:
+        """Rows for this run's variants, parents first, so a skipped child can quote its parent's error."""
+        for t in tasks:
+            if t.kind == "logits" and t.id in crashed:
+                self.echo(f"warning: teacher logits for seed {t.payload['seed']} failed: {crashed[t.id]}")
+        measured = {v.key for v in self.plan if not self.finished(v)}
+        for v in self.plan:
+            if v.key not in measured:
+                continue
+            rec = self.trained(v)
+            raw = read_record(self.paths.record(v)) or {}
+            for w in raw.get("warnings", []) if raw.get("config_hash") == v.config_hash else []:
                 self.echo(f"warning [{v.key}]: {w}")
-            if v.key in crashed:  # the trial raised even after its retries
-                write_row(_row(v, rec, "failed", crashed[v.key]), self.paths.result(v))
-            elif rec and rec.get("config_hash") == v.config_hash and rec.get("status") == "failed":  # diverged
-                write_row(_row(v, rec, "failed", rec.get("error")), self.paths.result(v))
+            if rec:
+                path = self.paths.latency(v)
+                if store.exists(path):
+                    lat = json.loads(store.read_text(path))
+                    write_row(_row(v, rec, "ok", None, lat), self.paths.result(v))
+                else:
+                    why = crashed.get("latency") or done.get("latency") or "the latency task did not run"
+                    write_row(_row(v, rec, "failed", f"latency not measured: {why}"), self.paths.result(v))
+            elif v.key in crashed:  # the trial raised even after its retries
+                write_row(_row(v, raw or None, "failed", crashed[v.key]), self.paths.result(v))
+            elif raw.get("config_hash") == v.config_hash and raw.get("status") == "failed":  # diverged
+                write_row(_row(v, raw, "failed", raw.get("error")), self.paths.result(v))
+            else:
+                problem = self.parent_problem(v) or self._logits_problem(v, done, crashed)
+                write_row(_row(v, None, "skipped", problem or f"skipped: {done.get(v.key, 'not run')}"),
+                          self.paths.result(v))
 
-    def ensure_logits(self, shared: list, gpus: float) -> None:
-        """One pass of each seed's teacher over every student view, before any KD student trains."""
-        import ray
+    def _logits_problem(self, v: Variant, done: dict[str, str], crashed: dict[str, str]) -> str | None:
+        lid = f"logits-s{v.seed}"
+        if lid in done and done[lid] != "ok":
+            return f"skipped: teacher logits for seed {v.seed} failed ({crashed.get(lid) or done[lid]})"
+        return None
 
-        from .trainables import logits_task
 
-        if self.cfg.kd.teacher_logits != "cached":
-            return
-        kd = self.plan.stage("student")
-        seeds = sorted({v.seed for v in kd if not self.finished(v) or any(
-            not self.finished(p) for p in self.plan.stage("pruned") if p.parent == v.key)})
-        seeds = [s for s in seeds if self.trained(self.by_key[f"teacher-s{s}"])
-                 and not store.exists(self.paths.teacher_logits(self.cfg, s))]
-        if seeds:
-            self.echo(f"[teacher logits] one pass per seed for seeds {seeds}")
-            # nothing else runs between waves: give each pass a whole device
-            opts = {"num_cpus": self.cfg.resources.cpus_per_trial, "num_gpus": 1 if gpus else 0}
-            ray.get([logits_task.options(**opts).remote(shared, s) for s in seeds])
+def _slots(cfg: Config, gpus: float) -> int:
+    """How many trials the Ray cluster can run at once with each trial's resources (at least 1)."""
+    import ray
 
-    def measure(self, shared: list, gpus_total: float, num_classes: int) -> None:
-        """Latency of every trained variant without a result yet, each device used by one measurement at a time."""
-        import ray
-
-        from .trainables import measure_task
-
-        todo = [v for v in self.plan if not self.finished(v) and self.trained(v)]
-        if not todo:
-            return
-        on_gpu = gpus_total >= 1 and self.cfg.measure.latency_device != "cpu"
-        workers = int(gpus_total) if on_gpu else 1  # a CPU is one device: several timers would share its cores
-        self.echo(f"[latency] measuring {len(todo)} variant(s) on {workers} device(s), one at a time per device")
-        opts = {"num_cpus": self.cfg.resources.cpus_per_trial, "num_gpus": 1 if on_gpu else 0}
-        shards = [[v.key for v in todo[i::workers]] for i in range(workers)]
-        lat: dict[str, dict] = {}
-        for part in ray.get([measure_task.options(**opts).remote(shared, s, num_classes) for s in shards if s]):
-            lat |= part
-        for v in todo:
-            write_row(_row(v, self.trained(v), "ok", None, lat[v.key]), self.paths.result(v))
+    have = ray.cluster_resources()
+    n = have.get("CPU", 1) / cfg.resources.cpus_per_trial
+    if gpus:
+        n = min(n, have.get("GPU", 0) / gpus)
+    return max(1, int(n + 1e-9))
 
 
 def _lock(exp: Path):  # noqa: ANN202 - returns the open lock file, which must stay referenced
@@ -353,11 +375,7 @@ def run(config: "str | Path | dict | Config", overrides: list[str] | None = None
                    "plan": [{"key": v.key, "variant": v.to_dict()} for v in plan],
                    "cpus_per_trial": cfg.resources.cpus_per_trial}]
         sweep = Sweep(cfg, exp, plan, echo)
-        sweep.run_wave("teacher+baseline", plan.stage("teacher") + plan.stage("baseline"), shared, gpus)
-        sweep.ensure_logits(shared, gpus)
-        sweep.run_wave("student", plan.stage("student"), shared, gpus)
-        sweep.run_wave("pruned", plan.stage("pruned"), shared, gpus)
-        sweep.measure(shared, gpus_total, data.num_classes)
+        sweep.execute(shared, gpus, _slots(cfg, gpus))
     finally:
         if started:
             ray.shutdown()

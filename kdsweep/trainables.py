@@ -15,7 +15,8 @@ from .config import Config
 from .data import Dataset
 from .plan import Variant
 from .results import hostname, now
-from .stages import Paths, measure_latency, train_variant
+from .schedule import wait_for
+from .stages import Paths, ensure_teacher_logits, measure_latency, read_record, train_variant
 
 
 def dataset_to_arrays(ds: Dataset) -> dict:
@@ -47,10 +48,25 @@ def _context(shared: list) -> tuple[Config, Paths, dict[str, Variant], Dataset]:
     return cfg, Paths(ctx["root"]), plan, dataset_from_arrays(ray.get(ctx["data"]))
 
 
-def train_trial(config: dict, shared: list) -> None:
-    """Ray Tune function trainable: one variant of the plan."""
+def run_task(config: dict, shared: list) -> None:
+    """Ray Tune function trainable for every task of the sweep: train a variant, teacher logits, or latency."""
+    statuses = wait_for(config["wait_for"], config["signals"])
+    blocked = [f"{d} {s.split(':')[0]}" for d, s in statuses.items() if s != "ok"]
+    if blocked and config["task"] != "latency":  # a dependency failed while this trial waited for it
+        tune.report({"status": "skipped", "error": blocked[0], "final": True})
+        return
     cfg, paths, plan, data = _context(shared)
-    v = Variant.from_dict(config["variant"])
+    if config["task"] == "train":
+        _train(cfg, paths, plan, data, Variant.from_dict(config["variant"]))
+    elif config["task"] == "logits":
+        seed = config["seed"]
+        ensure_teacher_logits(cfg, seed, paths, data, trial_device(), plan[f"teacher-s{seed}"])
+        tune.report({"status": "ok", "final": True})
+    else:
+        _latency(cfg, paths, plan, data.num_classes, config["keys"])
+
+
+def _train(cfg: Config, paths: Paths, plan: dict[str, Variant], data: Dataset, v: Variant) -> None:
     start = now()
     gpu_ids = ",".join(str(g) for g in ray.get_gpu_ids())
     # who is training this variant right now: for operators (and the crash tests) to find the process
@@ -61,21 +77,21 @@ def train_trial(config: dict, shared: list) -> None:
                            extra=lambda: {"node": hostname(), "node_ip": ray.util.get_node_ip_address(),
                                           "node_id": ray.get_runtime_context().get_node_id(),
                                           "gpu_ids": gpu_ids, "trial_start": start, "trial_end": now()})
-    tune.report({"key": v.key, "final": True, "status": record["status"], "test_acc": record.get("test_acc")})
+    tune.report({"key": v.key, "final": True, "status": record["status"], "error": record.get("error"),
+                 "test_acc": record.get("test_acc")})
 
 
-@ray.remote
-def measure_task(shared: list, keys: list[str], num_classes: int) -> dict[str, dict]:
-    """Latency of several variants, one after another, on the device this task holds alone."""
-    cfg, paths, plan, _ = _context(shared)
+def _latency(cfg: Config, paths: Paths, plan: dict[str, Variant], num_classes: int, keys: list[str]) -> None:
+    """Batch-1 latency of every variant in `keys` that trained ok, one after another on this trial's device.
+
+    The searcher starts this task only once every training task has finished, so nothing else uses the device.
+    """
     device = torch.device("cpu") if cfg.measure.latency_device == "cpu" else trial_device()
-    return {k: measure_latency(cfg, plan[k], paths, num_classes, device) for k in keys}
-
-
-@ray.remote
-def logits_task(shared: list, seed: int) -> str:
-    """Compute one seed's cached teacher logits."""
-    from .stages import ensure_teacher_logits
-
-    cfg, paths, plan, data = _context(shared)
-    return str(ensure_teacher_logits(cfg, seed, paths, data, trial_device(), plan[f"teacher-s{seed}"]))
+    n = 0
+    for k in keys:
+        rec = read_record(paths.record(plan[k]))
+        if rec and rec.get("status") == "ok" and rec.get("config_hash") == plan[k].config_hash:
+            lat = measure_latency(cfg, plan[k], paths, num_classes, device)
+            storage.write_bytes(paths.latency(plan[k]), json.dumps(lat).encode())
+            n += 1
+    tune.report({"status": "ok", "final": True, "measured": n})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -143,7 +144,9 @@ def test_killed_driver_rerun_on_s3_finishes_without_retraining(resumed):
     assert len(df) == 5 and df.key.is_unique and (df.status == "ok").all()
     assert resumed["after"] == resumed["before"]  # finished variants were not trained again
     assert (df.set_index("key").loc[list(resumed["keys"]), "train_runs"] == 1).all()
-    assert "[teacher+baseline] training" not in rerun.stdout and "[student] training" not in rerun.stdout
+    # only pruned variants (the one the driver was killed in, and any not started) are left to train
+    assert all(re.match(r"\[sweep\] training \d variant\(s\): pruned \d;", line)
+               for line in rerun.stdout.splitlines() if line.startswith("[sweep] training"))
 
 
 @pytest.mark.slow
@@ -160,7 +163,8 @@ def test_sweep_on_s3_reads_back_and_writes_nothing_locally(resumed):
     shown = subprocess.run([sys.executable, "-m", "kdsweep", "analyze", exp], cwd=cwd, env=resumed["env"],
                            capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stdout + shown.stderr
-    for label in ("teacher", "student-ce (no KD)", "student-kd T=4 a=0.9", "p=0.3", "5 variants: 5 ok"):
+    # the headline shows the best pruned variant; which p wins on 256 images after 1 epoch varies
+    for label in ("teacher", "student-ce (no KD)", "student-kd T=4 a=0.9", "a=0.9 p=0.", "5 variants: 5 ok"):
         assert label in shown.stdout, shown.stdout
     assert storage.exists(storage.join(exp, "analysis", "tradeoffs.md"))
     # nothing of the experiment on local disk: not in the cwd (no ./runs), not in the test's tmp dirs, not ~/ray_results

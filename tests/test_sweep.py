@@ -1,6 +1,8 @@
 """End-to-end sweeps on a real local Ray (logical GPUs, CPU training) on offline digits."""
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -50,8 +52,11 @@ def test_reduced_smoke_sweep_end_to_end_and_rerun_trains_nothing(smoke_exp, caps
     assert (df.latency_ms > 0).all() and (df.latency_p90_ms >= df.latency_ms).all()
     assert (df.latency_device == "cpu").all()
     assert df.node_ip.str.startswith("127.").all()  # Ray stayed on loopback
+    # one Tune run keeps a warm pool: every task ran in one of the 2 trial processes (2 CPUs, 1 CPU per trial)
+    pids = {json.loads(f.read_text())["pid"] for f in (exp / "artifacts").glob("*/trial.json")}
+    assert len(pids) <= 2, pids
     # Ray Tune's standard loggers got the per-epoch metrics
-    trial_dir = next((exp / "tune").glob("student-*/student-T4-a0.9-s0"))
+    trial_dir = next((exp / "tune").glob("sweep-*/student-T4-a0.9-s0"))
     assert len((trial_dir / "progress.csv").read_text().strip().splitlines()) >= 1 + 6  # header + one row per epoch
     assert list(trial_dir.glob("events.out.tfevents.*")) and (trial_dir / "result.json").is_file()
 
