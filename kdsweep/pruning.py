@@ -38,6 +38,9 @@ def apply_pruning(model: nn.Module, amount: float, scope: str = "layer") -> Spar
     Warns when a layer ends above 90 % sparse: global L1 wipes MobileNetV3's small depthwise/SE weights.
     """
     convs = conv_layers(model)
+    # torch's L1 mask computation flattens weights with .view(-1), which fails on channels_last tensors (the layout
+    # the engine trains in); the engine puts the model back in channels_last when training resumes
+    model.to(memory_format=torch.contiguous_format)
     if scope == "layer":
         for _, m in convs:
             prune.l1_unstructured(m, "weight", amount=amount)

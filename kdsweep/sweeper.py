@@ -349,13 +349,6 @@ def run(config: "str | Path | dict | Config", overrides: list[str] | None = None
     if dry_run:
         return exp
     data = load_dataset(cfg.data)  # missing/corrupt data fails here, before Ray starts or anything is written
-    if local:
-        exp.mkdir(parents=True, exist_ok=True)
-        lock = _lock(exp)
-    else:
-        lock = None
-        echo(f"note: {exp} is object storage: nothing stops two kdsweep drivers from running this experiment at once")
-    _save_experiment(exp, cfg, plan)
     # Tune's own tables would drown the one-line progress; its CSV/JSON/TensorBoard logs are still written
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import ray
@@ -363,13 +356,21 @@ def run(config: "str | Path | dict | Config", overrides: list[str] | None = None
     from .trainables import dataset_to_arrays
 
     started = _init_ray(address, echo)
+    lock = None
     try:
         gpus_total = float(ray.cluster_resources().get("GPU", 0))
         gpus = cfg.resources.gpus_per_trial if gpus_total > 0 else 0.0
-        if gpus_total == 0 and cfg.measure.latency_device == "cuda":
+        if gpus_total == 0 and cfg.measure.latency_device == "cuda":  # checked before the experiment folder exists
             raise ConfigError("measure.latency_device: 'cuda' but the Ray cluster has no GPU; use auto or cpu")
         if gpus_total == 0 and cfg.resources.gpus_per_trial > 0:
             echo("no GPU in the Ray cluster: every trial runs on CPU (resources.gpus_per_trial is ignored)")
+        if local:
+            exp.mkdir(parents=True, exist_ok=True)
+            lock = _lock(exp)
+        else:
+            echo(f"note: {exp} is object storage: nothing stops two kdsweep drivers from running this experiment "
+                 "at once")
+        _save_experiment(exp, cfg, plan)
         shared = [{"config": cfg.model_dump(mode="json"), "root": str(exp.resolve()) if local else exp,
                    "data": ray.put(dataset_to_arrays(data)),
                    "plan": [{"key": v.key, "variant": v.to_dict()} for v in plan],

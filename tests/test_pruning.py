@@ -190,3 +190,21 @@ def test_report_on_tiny_model_by_hand():
     assert model[2].weight.flatten().tolist() == [0.5, 0]
     assert rep.layers == {"0": 0.5, "2": 0.5}
     assert (rep.zeros, rep.total) == (5, 10)
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_pruning_a_channels_last_model_in_training_layout(scope):
+    # the engine trains in channels_last; pruning a model straight after training must work and prune the same
+    # weights as in the default layout
+    ref = _mnv3()
+    model = _mnv3().to(memory_format=torch.channels_last)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        apply_pruning(ref, 0.3, scope)
+        rep = apply_pruning(model, 0.3, scope)
+    assert rep.sparsity == pytest.approx(0.3, abs=0.01)
+    for (n, a), (_, b) in zip(conv_layers(ref), conv_layers(model)):
+        assert torch.equal(a.weight_mask, b.weight_mask), n
+    model.to(memory_format=torch.channels_last)(torch.randn(2, 3, 64, 64).contiguous(
+        memory_format=torch.channels_last)).sum().backward()  # and it trains on in channels_last
+    assert model.features[0][0].weight_orig.grad is not None

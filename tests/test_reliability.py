@@ -216,3 +216,10 @@ def test_second_driver_on_the_same_experiment_is_refused(tmp_path, capsys):
         assert main(["run", SMOKE, "--storage", str(tmp_path), "--name", "busy"]) == 2
     assert "in use by another kdsweep run" in capsys.readouterr().err
     assert not (exp / "results").exists()
+
+
+def test_cuda_latency_without_a_gpu_exits_2_and_writes_nothing(ray_local, tmp_path, capsys):
+    assert main(["run", SMOKE, "--storage", str(tmp_path / "runs"), "--set", "measure.latency_device=cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "measure.latency_device" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # refused before the experiment folder was created

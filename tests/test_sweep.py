@@ -143,3 +143,4 @@ def test_unusable_config_file_exits_2(content, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert str(path) in err and len(err.splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+
