@@ -92,7 +92,7 @@ class _Progress:
         counts = " ".join(f"{s} {self.done.get(s, 0)}/{n}" for s, n in self.total.items())
         best = f"{self.best:.4f}" if self.best is not None else "-"
         fail = f", {self.failed} not ok" if self.failed else ""
-        what = status if status in ("ok",) else status.split(":")[0]
+        what = status.split(":")[0]
         self.echo(f"[{task.id}] {what} · trained {counts}{fail} · best acc {best} · {el // 60}m{el % 60:02d}s elapsed")
 
 
@@ -187,7 +187,8 @@ class Sweep:
     # -- work -------------------------------------------------------------------------------------------
     def tasks(self) -> list[Task]:
         """The task graph of what is left: untrained variants, the teacher logits they need, one latency task."""
-        todo = [v for v in self.plan if not self.finished(v, say=True) and not self.trained(v)]
+        left = [v for v in self.plan if not self.finished(v, say=True)]  # each result row read once
+        todo = [v for v in left if not self.trained(v)]
         todo_keys = {v.key for v in todo}
         cached = self.cfg.kd.teacher_logits == "cached"
         seeds = sorted({v.seed for v in todo if v.stage in ("student", "pruned") and v.alpha > 0})
@@ -203,13 +204,12 @@ class Sweep:
                 deps.append(f"logits-s{v.seed}")  # recovery epochs distil too (usually implied by the parent)
             deps = [d for d in deps if d in todo_keys or d in logits.values()]
             tasks.append(Task(v.key, "train", v.stage, tuple(deps), {"variant": v.to_dict()}))
-        measure = [v for v in self.plan if not self.finished(v)]
-        if measure:
-            for v in measure:  # never read a latency measured for earlier weights of this variant
+        if left:
+            for v in left:  # never read a latency measured for earlier weights of this variant
                 if store.exists(self.paths.latency(v)):
                     store.remove(self.paths.latency(v))
             tasks.append(Task("latency", "latency", "latency", tuple(t.id for t in tasks if t.kind == "train"),
-                              {"keys": [v.key for v in measure]}))
+                              {"keys": [v.key for v in left]}))
         return tasks
 
     def execute(self, shared: list, gpus: float, slots: int) -> None:
@@ -257,7 +257,7 @@ class Sweep:
         for t in tasks:
             if t.kind == "logits" and t.id in crashed:
                 self.echo(f"warning: teacher logits for seed {t.payload['seed']} failed: {crashed[t.id]}")
-        measured = {v.key for v in self.plan if not self.finished(v)}
+        measured = {k for t in tasks if t.kind == "latency" for k in t.payload["keys"]}  # every unfinished variant
         for v in self.plan:
             if v.key not in measured:
                 continue
