@@ -1,6 +1,8 @@
 """Thin Ray Tune trainables: fetch the shared dataset, train one variant through `stages`, report per epoch."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import warnings
@@ -48,8 +50,31 @@ def _context(shared: list) -> tuple[Config, Paths, dict[str, Variant], Dataset]:
     return cfg, Paths(ctx["root"]), plan, dataset_from_arrays(ray.get(ctx["data"]))
 
 
+def release_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc's malloc_trim; a no-op elsewhere).
+
+    A reused Tune actor runs each trial's function in a new thread, and glibc gives each thread its own malloc
+    arena: what one task freed stays resident in its arena while the next task grows another. Measured on the
+    smoke sweep: ~200 MB more resident per trial process without this, with it the same peak as a fresh process.
+    No gc.collect(): a task's tensors die by refcount when it returns, and a full collection of a process holding
+    torch and Ray costs ~0.16 s (malloc_trim: < 1 ms).
+    """
+    libc = ctypes.util.find_library("c")
+    if libc:
+        trim = getattr(ctypes.CDLL(libc), "malloc_trim", None)
+        if trim is not None:
+            trim(0)
+
+
 def run_task(config: dict, shared: list) -> None:
     """Ray Tune function trainable for every task of the sweep: train a variant, teacher logits, or latency."""
+    try:
+        _run_task(config, shared)
+    finally:
+        release_memory()
+
+
+def _run_task(config: dict, shared: list) -> None:
     statuses = wait_for(config["wait_for"], config["signals"])
     blocked = [f"{d} {s.split(':')[0]}" for d, s in statuses.items() if s != "ok"]
     if blocked and config["task"] != "latency":  # a dependency failed while this trial waited for it
