@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import json
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -50,6 +50,10 @@ def _context(shared: list) -> tuple[Config, Paths, dict[str, Variant], Dataset]:
     return cfg, Paths(ctx["root"]), plan, dataset_from_arrays(ray.get(ctx["data"]))
 
 
+# glibc's malloc_trim, looked up once (the process's own symbols include libc's); None off glibc
+_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None) if sys.platform.startswith("linux") else None
+
+
 def release_memory() -> None:
     """Hand freed heap memory back to the OS (glibc's malloc_trim; a no-op elsewhere).
 
@@ -59,11 +63,8 @@ def release_memory() -> None:
     No gc.collect(): a task's tensors die by refcount when it returns, and a full collection of a process holding
     torch and Ray costs ~0.16 s (malloc_trim: < 1 ms).
     """
-    libc = ctypes.util.find_library("c")
-    if libc:
-        trim = getattr(ctypes.CDLL(libc), "malloc_trim", None)
-        if trim is not None:
-            trim(0)
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def run_task(config: dict, shared: list) -> None:
