@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 ARCHS = ("resnet18", "mobilenet_v3_small")  # mirrored by models.REGISTRY; kept here so validation stays import-light
 DATASETS = ("cifar10", "cifar100", "digits", "synthetic")
+RUNTIMES = ("torch", "onnxruntime", "tensorrt")  # mirrored by runtimes.RUNTIMES
+# the Python module each runtime needs; checked with find_spec so validation never imports them
+RUNTIME_MODULES = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt"}
 
 
 class ConfigError(ValueError):
@@ -99,13 +102,19 @@ class KDConfig(_Strict):
 
 class PruneConfig(_Strict):
     amount: list[float] = [0.3]
-    method: Literal["l1_unstructured"] = "l1_unstructured"
+    method: list[Literal["l1_unstructured", "l1_structured"]] = ["l1_unstructured"]
     scope: Literal["layer", "global"] = "layer"
+    round_to: int = Field(8, ge=1, description="structured pruning keeps channel counts multiples of this")
     recovery_epochs: int = Field(2, ge=0)
     recovery_lr: float | None = Field(None, gt=0, description="lr of the recovery epochs; default: student.lr")
     recalibrate_bn: bool = True
 
-    _axes = field_validator("amount", mode="before")(classmethod(lambda cls, v: _as_axis(v)))
+    _axes = field_validator("amount", "method", mode="before")(classmethod(lambda cls, v: _as_axis(v)))
+
+    @field_validator("method")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        return _check_axis(v, "method")
 
     @field_validator("amount")
     @classmethod
@@ -116,10 +125,49 @@ class PruneConfig(_Strict):
         return v
 
 
+class QuantizeConfig(_Strict):
+    method: list[Literal["none", "int8"]] = ["none"]
+    stages: list[Literal["teacher", "baseline", "student", "pruned"]] = ["student", "pruned"]
+    calib_batches: int = Field(8, ge=1, description="batches of training views that calibrate activation ranges")
+
+    _axes = field_validator("method", "stages", mode="before")(classmethod(lambda cls, v: _as_axis(v)))
+
+    @field_validator("method")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        return _check_axis(v, "method")
+
+
 class MeasureConfig(_Strict):
     latency_device: Literal["auto", "cpu", "cuda"] = "auto"
     warmup: int = Field(20, ge=0)
     iters: int = Field(200, ge=1)
+    runtimes: list[Literal["torch", "onnxruntime", "tensorrt"]] = ["torch", "onnxruntime"]
+    devices: list[Literal["cpu", "cuda"]] | None = Field(None, description="default: what the trial has")
+
+    _axes = field_validator("runtimes", "devices", mode="before")(
+        classmethod(lambda cls, v: v if v is None else _as_axis(v)))
+
+    @field_validator("runtimes")
+    @classmethod
+    def _installed(cls, v: list[str]) -> list[str]:
+        _check_axis(v, "runtimes")
+        for rt in v:
+            if rt in RUNTIME_MODULES and not _module_installed(RUNTIME_MODULES[rt]):
+                raise ValueError(f"runtime {rt!r} is not installed (no module {RUNTIME_MODULES[rt]!r}); "
+                                 f"install it or remove it from the list")
+        return v
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: list[str] | None) -> list[str] | None:
+        return v if v is None else _check_axis(v, "devices")
+
+    @model_validator(mode="after")
+    def _one_device_key(self) -> "MeasureConfig":
+        if self.devices is not None and self.latency_device != "auto":
+            raise ValueError("measure.devices: give either devices or latency_device, not both")
+        return self
 
 
 class ResourcesConfig(_Strict):
@@ -135,6 +183,7 @@ class Config(_Strict):
     student: TrainConfig = TrainConfig(arch="mobilenet_v3_small", epochs=8, lr=3e-4)
     kd: KDConfig = KDConfig()
     prune: PruneConfig = PruneConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
     measure: MeasureConfig = MeasureConfig()
     resources: ResourcesConfig = ResourcesConfig()
 
@@ -154,7 +203,18 @@ class Config(_Strict):
             w = getattr(self, stage).weights
             if w not in ("none", "imagenet") and not _is(Path(w).is_file):
                 raise ValueError(f"{stage}.weights: {w!r} is neither 'none', 'imagenet' nor an existing file")
+        if "int8" in self.quantize.method and "onnxruntime" not in self.measure.runtimes:
+            raise ValueError("quantize.method: int8 models run in ONNX Runtime; add onnxruntime to measure.runtimes")
         return self
+
+
+def _module_installed(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _is(check) -> bool:  # noqa: ANN001
@@ -189,7 +249,7 @@ def _format_error(err: ValidationError) -> str:
     if e["type"] == "value_error":
         # cross-field checks name their key themselves ("data.root: ..."); field checks already quote the value
         head, _, rest = msg.partition(": ")
-        if head in ("data.root", "teacher.weights", "student.weights"):
+        if head in ("data.root", "teacher.weights", "student.weights", "quantize.method", "measure.devices"):
             return f"config key {head!r}: {rest}"
         return f"config key {key!r}: {msg}"
     return f"config key {key!r}: {msg} (got {e.get('input')!r})"
@@ -296,8 +356,19 @@ def student_settings(cfg: Config, seed: int, temperature: float | None, alpha: f
     return s
 
 
-def pruned_settings(cfg: Config, seed: int, temperature: float | None, alpha: float, amount: float) -> dict:
+def pruned_settings(cfg: Config, seed: int, temperature: float | None, alpha: float, amount: float,
+                    method: str = "l1_unstructured") -> dict:
     """Everything that determines one pruned-and-recovered student."""
-    prune = cfg.prune.model_dump(exclude={"amount"})
+    # written exactly as before `method` became an axis, so unstructured variants of older experiments keep their
+    # hashes (and are not retrained); round_to only matters to structured pruning
+    prune = cfg.prune.model_dump(exclude={"amount", "method", "round_to"}) | {"method": method}
+    if method == "l1_structured":
+        prune["round_to"] = cfg.prune.round_to
     return {"stage": "pruned", "amount": amount, "prune": prune,
             "student": config_hash(student_settings(cfg, seed, temperature, alpha))}
+
+
+def quantized_settings(cfg: Config, parent_hash: str, method: str) -> dict:
+    """Everything that determines one quantized model: its fp32 parent, the method and the calibration."""
+    return {"stage": "quantized", "parent": parent_hash, "method": method, "calib_batches": cfg.quantize.calib_batches,
+            "data": _data_settings(cfg)}

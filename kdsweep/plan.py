@@ -4,9 +4,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
-from .config import Config, config_hash, pruned_settings, student_settings, teacher_settings
+from .config import Config, config_hash, pruned_settings, quantized_settings, student_settings, teacher_settings
 
-STAGES = ("teacher", "baseline", "student", "pruned")
+STAGES = ("teacher", "baseline", "student", "pruned", "quantized")
+STRUCTURED = "l1_structured"
 
 
 def _g(x: float) -> str:
@@ -24,26 +25,44 @@ class Variant:
     prune_amount: float | None = None
     config_hash: str = ""
     parent: str | None = None  # key of the variant whose checkpoint this one starts from
+    prune_method: str | None = None  # pruned variants and their quantized children
+    precision: str = "fp32"  # quantized variants: "int8"
 
     @property
     def key(self) -> str:
         """File-safe unique id within an experiment."""
+        if self.stage == "quantized":
+            return f"{self.precision}-{self.parent}"
         parts = [self.stage]
         if self.stage in ("student", "pruned"):
             parts += [f"T{_g(self.temperature)}", f"a{_g(self.alpha)}"]
         if self.stage == "pruned":
             parts.append(f"p{_g(self.prune_amount)}")
+            if self.prune_method == STRUCTURED:  # unstructured keeps the key it had before methods became an axis
+                parts.append("structured")
         return "-".join(parts + [f"s{self.seed}"])
 
     @property
     def label(self) -> str:
         """Human label, e.g. `student-kd T=4 a=0.9 p=0.3` (seed is its own column)."""
+        if self.stage == "quantized":
+            return f"{self.base().label} {self.precision}"
         if self.stage == "teacher":
             return "teacher"
         if self.stage == "baseline":
             return "student-ce (no KD)"
         label = f"student-kd T={_g(self.temperature)} a={_g(self.alpha)}"
-        return label + (f" p={_g(self.prune_amount)}" if self.stage == "pruned" else "")
+        if self.stage == "pruned":
+            label += f" p={_g(self.prune_amount)}" + (" structured" if self.prune_method == STRUCTURED else "")
+        return label
+
+    def base(self) -> "Variant":
+        """The fp32 variant a quantized one was made from (itself otherwise), rebuilt from its coordinates."""
+        if self.stage != "quantized":
+            return self
+        stage = self.parent.split("-", 1)[0]
+        return Variant(stage, self.seed, self.temperature, self.alpha, self.prune_amount,
+                       prune_method=self.prune_method)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,9 +107,15 @@ def make_plan(cfg: Config) -> Plan:
                                    parent=f"teacher-s{seed}"))
     students = [v for v in out if v.stage == "student"]
     for s in students:
-        for p in cfg.prune.amount:
-            out.append(Variant("pruned", s.seed, s.temperature, s.alpha, p, parent=s.key,
-                               config_hash=config_hash(pruned_settings(cfg, s.seed, s.temperature, s.alpha, p))))
+        for method in cfg.prune.method:
+            for p in cfg.prune.amount:
+                h = config_hash(pruned_settings(cfg, s.seed, s.temperature, s.alpha, p, method))
+                out.append(Variant("pruned", s.seed, s.temperature, s.alpha, p, h, s.key, prune_method=method))
+    for method in (m for m in cfg.quantize.method if m != "none"):  # "none" is the fp32 parent itself
+        for v in [v for v in out if v.stage in cfg.quantize.stages]:
+            out.append(Variant("quantized", v.seed, v.temperature, v.alpha, v.prune_amount,
+                               config_hash(quantized_settings(cfg, v.config_hash, method)), v.key,
+                               prune_method=v.prune_method, precision=method))
     return Plan(tuple(out))
 
 
@@ -110,5 +135,10 @@ def describe(plan: Plan, cfg: Config, gpus: float | None = None) -> str:
         epochs = cfg.student.epochs + cfg.prune.recovery_epochs
         lines.append(f"  teacher logits: {mode}" + (f" (one pass per seed over {epochs} epochs of views, "
                      f"shared by {kd_n // len(cfg.seeds)} KD students and their pruned variants)" if mode == "cached" else ""))
-    lines.append("  latency: measured after all training, one variant at a time on one device")
+    if plan.stage("quantized"):
+        lines.append(f"  quantized: ONNX Runtime static INT8 of {', '.join(cfg.quantize.stages)}, calibrated on "
+                     f"{cfg.quantize.calib_batches} batches of training views")
+    devices = ", ".join(cfg.measure.devices) if cfg.measure.devices else cfg.measure.latency_device
+    lines.append(f"  latency: after all training, every model interleaved per iteration, batch 1, runtimes "
+                 f"{', '.join(cfg.measure.runtimes)}, device {devices}")
     return "\n".join(lines)

@@ -41,7 +41,9 @@ def test_defaults_are_the_reference_recipe():
     assert cfg.kd.alpha == [0.9] and isinstance(cfg.kd.alpha, list)
     assert cfg.kd.label_smoothing == 0.05
     p = cfg.prune
-    assert (p.method, p.scope, p.recovery_epochs) == ("l1_unstructured", "layer", 2)
+    assert (p.method, p.scope, p.recovery_epochs, p.round_to) == (["l1_unstructured"], "layer", 2, 8)
+    assert cfg.quantize.method == ["none"] and cfg.quantize.stages == ["student", "pruned"]
+    assert cfg.measure.runtimes == ["torch", "onnxruntime"] and cfg.measure.devices is None
     assert isinstance(p.amount, list) and all(0.2 <= a <= 0.3 for a in p.amount)  # reference: "suggested: 20-30%"
     d = cfg.data
     assert (d.dataset, d.image_size, d.normalize, d.augment, d.download, d.verify) == (
@@ -126,6 +128,15 @@ def test_unknown_key_without_close_match_lists_known_keys():
     ({"data": {"augment": ["flip", "rotate"]}}, "data.augment"),
     ({"measure": {"iters": 0}}, "measure.iters"),
     ({"name": "has space"}, "name"),
+    ({"prune": {"method": "l2_structured"}}, "prune.method"),
+    ({"prune": {"method": []}}, "prune.method"),
+    ({"prune": {"round_to": 0}}, "prune.round_to"),
+    ({"quantize": {"method": ["none", "int4"]}}, "quantize.method"),
+    ({"quantize": {"stages": ["latency"]}}, "quantize.stages"),
+    ({"quantize": {"calib_batches": 0}}, "quantize.calib_batches"),
+    ({"measure": {"runtimes": ["torch", "tvm"]}}, "measure.runtimes"),
+    ({"measure": {"runtimes": []}}, "measure.runtimes"),
+    ({"measure": {"devices": ["tpu"]}}, "measure.devices"),
 ])
 def test_bad_value_raises_config_error_naming_key(raw, key):
     msg = _error(raw)
@@ -447,3 +458,55 @@ def test_non_finite_values_are_rejected(override, key):
         assert f"'{key}'" in str(exc)
     else:
         raise AssertionError(f"{override} was accepted")
+
+
+# --- compression and runtime axes ------------------------------------------------------------------------------
+
+def test_prune_and_quantize_methods_are_axes_and_scalars_still_work():
+    cfg = load_config({"prune": {"method": "l1_structured"}, "quantize": {"method": "int8", "stages": "teacher"}})
+    assert cfg.prune.method == ["l1_structured"] and cfg.quantize.method == ["int8"]
+    assert cfg.quantize.stages == ["teacher"]
+    both = load_config({}, ["prune.method=[l1_unstructured, l1_structured]", "quantize.method=[none, int8]"])
+    assert both.prune.method == ["l1_unstructured", "l1_structured"] and both.quantize.method == ["none", "int8"]
+
+
+def test_a_runtime_that_is_not_installed_is_an_error_naming_the_key(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorrt" else real(name, *a))
+    msg = _error({}, ["measure.runtimes=[torch, tensorrt]"])
+    assert msg.startswith("config key 'measure.runtimes'") and "tensorrt" in msg and "\n" not in msg
+
+
+def test_int8_needs_onnxruntime_in_the_runtimes():
+    msg = _error({}, ["quantize.method=[none, int8]", "measure.runtimes=[torch]"])
+    assert msg.startswith("config key 'quantize.method'") and "onnxruntime" in msg
+
+
+def test_devices_and_latency_device_are_not_both_given():
+    msg = _error({}, ["measure.devices=[cpu]", "measure.latency_device=cuda"])
+    assert msg.startswith("config key 'measure.devices'")
+    assert load_config({}, ["measure.devices=[cpu, cuda]"]).measure.devices == ["cpu", "cuda"]
+
+
+def test_hashes_of_earlier_experiments_are_unchanged():
+    """Pinned before prune.method became an axis: older experiments resume without retraining."""
+    from kdsweep.plan import make_plan
+
+    from .conftest import SMOKE
+
+    by_key = {v.key: v.config_hash for v in make_plan(load_config(SMOKE))}
+    assert {k: by_key[k] for k in ("teacher-s0", "baseline-s0", "student-T4-a0.9-s0", "pruned-T4-a0.9-p0.5-s0")} == {
+        "teacher-s0": "e65e4a225cc7b32a", "baseline-s0": "6d19550372392ddb",
+        "student-T4-a0.9-s0": "cd9ead34c67b1454", "pruned-T4-a0.9-p0.5-s0": "3175be2038769589"}
+
+
+def test_structured_round_to_changes_only_structured_hashes():
+    cfg, other = load_config({}), load_config({}, ["prune.round_to=16"])
+    for method, changes in (("l1_unstructured", False), ("l1_structured", True)):
+        a = config_hash(pruned_settings(cfg, 0, 4.0, 0.9, 0.5, method))
+        b = config_hash(pruned_settings(other, 0, 4.0, 0.9, 0.5, method))
+        assert (a != b) == changes
+    assert config_hash(pruned_settings(cfg, 0, 4.0, 0.9, 0.5, "l1_structured")) != config_hash(
+        pruned_settings(cfg, 0, 4.0, 0.9, 0.5))
