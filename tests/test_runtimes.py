@@ -1,0 +1,154 @@
+"""Runtimes: availability reasons, provider checks, runners, and the interleaved timer's order and statistics."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+
+from kdsweep import runtimes
+from kdsweep.runtimes import (LatencyStats, Runner, latency_stats, ort_predict, ort_runner, ort_session,
+                              runtime_label, runtime_problem, time_interleaved, torch_runner)
+
+ort = pytest.importorskip("onnxruntime")
+SIZE = 8
+WEIGHT = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+NO_CUDA_EP = not torch.cuda.is_available() or "CUDAExecutionProvider" not in ort.get_available_providers()
+NO_TRT_EP = not torch.cuda.is_available() or "TensorrtExecutionProvider" not in ort.get_available_providers()
+
+
+@pytest.fixture(scope="module")
+def conv_onnx() -> bytes:
+    """Conv -> global average pool -> flatten, batch axis dynamic: built by hand, no exporter run needed."""
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, SIZE, SIZE])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])
+    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["logits"])]
+    graph = helper.make_graph(nodes, "conv", [x], [y], [numpy_helper.from_array(WEIGHT, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def test_runtime_problem_on_cpu():
+    assert runtime_problem("torch", "cpu") is None
+    assert runtime_problem("onnxruntime", "cpu") is None
+    assert runtime_problem("tensorrt", "cpu") == "tensorrt runs on CUDA GPUs only"
+    assert "unknown runtime 'tvm'" in runtime_problem("tvm", "cpu")
+    assert "unknown device 'tpu'" in runtime_problem("torch", "tpu")
+
+
+@pytest.mark.skipif(not NO_CUDA_EP, reason="a CUDA GPU and ORT's CUDA provider are both here")
+def test_runtime_problem_says_why_cuda_is_out():
+    assert runtime_problem("onnxruntime", "cuda")
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU" in runtime_problem("torch", "cuda")
+        assert "no CUDA GPU" in runtime_problem("onnxruntime", "cuda")
+
+
+@pytest.mark.skipif(not NO_TRT_EP, reason="a CUDA GPU and ORT's TensorRT provider are both here")
+def test_runtime_problem_says_why_tensorrt_is_out():
+    assert runtime_problem("tensorrt", "cuda")
+
+
+def test_runtime_labels():
+    assert [runtime_label("torch", "cuda"), runtime_label("onnxruntime", "cpu"), runtime_label("onnxruntime", "cuda"),
+            runtime_label("tensorrt", "cuda")] == ["torch", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt"]
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="this ORT has CUDA")
+@pytest.mark.parametrize("tensorrt, provider", [(False, "CUDAExecutionProvider"), (True, "TensorrtExecutionProvider")])
+def test_gpu_session_refuses_to_fall_back_to_cpu(conv_onnx, tensorrt, provider):
+    with pytest.raises(RuntimeError, match=f"^onnxruntime: {provider} requested but ORT runs CPUExecutionProvider"):
+        ort_session(conv_onnx, "cuda", threads=1, tensorrt=tensorrt)
+
+
+def test_cpu_session_runs_on_cpu_with_the_given_threads(conv_onnx):
+    session = ort_session(conv_onnx, "cpu", threads=2)
+    assert session.get_providers()[0] == "CPUExecutionProvider"
+    options = session.get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (2, 1)
+    x = np.random.default_rng(1).standard_normal((5, 3, SIZE, SIZE)).astype(np.float32)
+    ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(WEIGHT), padding=1).mean((2, 3)).numpy()
+    out = ort_predict(session, x.astype(np.float64))  # converted to the model's float32
+    assert out.shape == (5, 4)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_and_ort_runners_time_a_tiny_model(conv_onnx):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten()).train()
+    runners = {"torch": torch_runner(model, SIZE, torch.device("cpu"), precision="bf16"),
+               "ort": ort_runner(ort_session(conv_onnx, "cpu", threads=1), SIZE)}
+    assert not model.training
+    assert (runners["torch"].label, runners["torch"].device, runners["torch"].precision) == ("torch", "cpu", "bf16")
+    assert (runners["ort"].label, runners["ort"].device, runners["ort"].precision) == ("onnxruntime-cpu", "cpu", "fp32")
+    stats = time_interleaved(runners, warmup=2, iters=5)
+    assert all(s.iters == 5 and 0 < s.median_ms <= s.p90_ms and s.ci95_ms >= 0 for s in stats.values())
+
+
+def test_unknown_precision_is_refused(conv_onnx):
+    with pytest.raises(ValueError, match="precision: 'int8'"):
+        torch_runner(torch.nn.Identity(), SIZE, torch.device("cpu"), precision="int8")
+    with pytest.raises(ValueError, match="precision: 'fp8'"):
+        ort_runner(ort_session(conv_onnx, "cpu", threads=1), SIZE, precision="fp8")
+
+
+def _fake_runners(names: list[str], calls: list[str], times: dict[str, list[float]] | None = None) -> dict:
+    def make(name: str) -> Runner:
+        queue = list(times[name]) if times else []
+
+        def timed() -> float:
+            calls.append(name)
+            return queue.pop(0) if queue else 1.0
+        return Runner(name, "cpu", "fp32", timed)
+    return {name: make(name) for name in names}
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_interleaving_rotates_the_start_and_balances_slots(k):
+    names = [f"r{i}" for i in range(k)]
+    calls: list[str] = []
+    warmup, iters = 3, 2 * k + 1
+    time_interleaved(_fake_runners(names, calls), warmup=warmup, iters=iters)
+    assert len(calls) == k * (warmup + iters)
+    rounds = [calls[i:i + k] for i in range(0, len(calls), k)]
+    assert all(sorted(r) == names for r in rounds)  # each runner once per iteration
+    assert [r[0] for r in rounds] == [names[i % k] for i in range(warmup + iters)]  # the start moves on by one
+    for window in (rounds[j:j + k] for j in range(len(rounds) - k + 1)):  # k consecutive rounds: every slot once
+        assert all(sorted(r[slot] for r in window) == names for slot in range(k))
+    if k >= 3:
+        assert all(a != b for a, b in zip(calls, calls[1:]))
+
+
+def test_interleaved_stats_drop_warmup_and_are_exact():
+    calls: list[str] = []
+    times = {"a": [1000.0, 1000.0] + [float(v) for v in range(1, 11)],  # two warm-ups that must not count
+             "b": [1000.0, 1000.0] + [5.0] * 10}
+    stats = time_interleaved(_fake_runners(["a", "b"], calls, times), warmup=2, iters=10)
+    assert stats["a"].median_ms == 5.5 and stats["a"].p90_ms == pytest.approx(9.1) and stats["a"].iters == 10
+    assert stats["b"] == LatencyStats(5.0, 5.0, 0.0, 10)
+
+
+def test_ci95_of_the_median_from_order_statistics():
+    # n=100: ranks floor(50 - 9.8) = 40 and ceil(51 + 9.8) = 61 (1-based)
+    assert latency_stats([float(v) for v in range(1, 101)]).ci95_ms == pytest.approx(10.5)
+    squares = latency_stats([float(v * v) for v in range(1, 101)])  # skewed: the upper side is wider
+    assert squares.median_ms == 2550.5 and squares.ci95_ms == pytest.approx(61 ** 2 - 2550.5)
+    assert latency_stats([3.0, 1.0, 2.0, 10.0, 4.0]).ci95_ms == 7.0  # n=5: ranks clamp to min and max
+    with pytest.raises(ValueError):
+        latency_stats([])
+
+
+def test_time_interleaved_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        time_interleaved({}, warmup=1, iters=1)
+    with pytest.raises(ValueError):
+        time_interleaved(_fake_runners(["a"], []), warmup=0, iters=0)
+
+
+def test_runtimes_tuple_is_the_config_contract():
+    assert runtimes.RUNTIMES == ("torch", "onnxruntime", "tensorrt")
