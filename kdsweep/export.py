@@ -7,6 +7,7 @@ fill in their own state-dict tensors, which takes milliseconds. Both paths are c
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 import warnings
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from . import storage
 from .runtimes import ort_predict, ort_session
 
 # What torch 2.14's exporter writes natively (no version conversion); ORT >= 1.17 and TensorRT >= 10 read it.
@@ -50,10 +52,12 @@ class Exported:
         return len(self.onnx)
 
 
-def export_onnx(model: nn.Module, check_input: torch.Tensor, atol: float = ATOL, rtol: float = RTOL) -> Exported:
+def export_onnx(model: nn.Module, check_input: torch.Tensor, atol: float = ATOL, rtol: float = RTOL,
+                shared: str | None = None) -> Exported:
     """Export `model` (eval mode, dynamic batch axis) to ONNX and check it in ORT against PyTorch on `check_input`.
 
-    The check runs `check_input` (batch >= 2, so the dynamic batch axis is exercised) and its first sample alone,
+    `shared`: a storage folder (local or s3://) where templates are kept for the other processes of a sweep, so an
+    architecture costs one dynamo export per sweep rather than one per trial process. The check runs `check_input` (batch >= 2, so the dynamic batch axis is exercised) and its first sample alone,
     and raises ExportError if max |ORT - torch| > atol + rtol * max |torch logit|: float32 kernels differ in
     summation order, and ORT fuses Conv+BN, so agreement is relative to the logit scale. The model's train/eval
     mode and memory format are left as they were.
@@ -68,10 +72,14 @@ def export_onnx(model: nn.Module, check_input: torch.Tensor, atol: float = ATOL,
         state = model.state_dict()
         key = _template_key(model, state, x)
         template = _TEMPLATES.get(key)
+        if template is None and key not in _TEMPLATES and shared:
+            template = _TEMPLATES[key] = _load_shared(shared, key, state)
         if template is not None:
             data, reused = _fill(template, state), True
         else:
             data, reused = _export_fresh(model, x, state, key), False
+            if shared and _TEMPLATES.get(key) is not None:
+                storage.write_bytes(_shared_path(shared, key), _TEMPLATES[key].SerializeToString())
         data = _optimize(data)
         with torch.inference_mode():
             ref = model(x).float().cpu().numpy()
@@ -115,6 +123,23 @@ def _optimize(data: bytes) -> bytes:
     import onnxscript.optimizer
 
     return onnxscript.optimizer.optimize(onnx.load_from_string(data)).SerializeToString()
+
+
+def _shared_path(shared: str, key: tuple) -> str:
+    digest = hashlib.sha256(repr((key, torch.__version__, onnx.__version__)).encode()).hexdigest()[:16]
+    return storage.join(shared, f"template-{digest}.onnx")
+
+
+def _load_shared(shared: str, key: tuple, state: dict[str, torch.Tensor]) -> onnx.ModelProto | None:
+    """Another process's template of this key, if one is stored and names exactly this state dict's tensors."""
+    path = _shared_path(shared, key)
+    try:
+        proto = onnx.load_from_string(storage.read_bytes(path)) if storage.exists(path) else None
+    except Exception:  # noqa: BLE001 - a damaged or foreign file only costs a fresh export
+        return None
+    if proto is None or {i.name for i in proto.graph.initializer} - set(state):
+        return None
+    return proto
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -133,6 +133,20 @@ def load_compressed_state(blob: bytes) -> dict[str, torch.Tensor]:
     return out
 
 
+@torch.inference_mode()
+def count_macs(model: nn.Module, image_size: int, channels: int = 3) -> int:
+    """Multiply-accumulates of one batch-1 forward at `image_size` (torch's FLOP counter: conv and matmul FLOPs / 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(1, channels, image_size, image_size, device=next(model.parameters()).device)
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
 def model_size(model: nn.Module) -> Size:
     """Dense MB (params*4/1e6, the reference's figure), non-zero MB, and compressed state-dict MB."""
     params = count_params(model)

@@ -29,6 +29,10 @@ SCHEMA = pa.schema([
     ("epochs_run", pa.int64()), ("train_runs", pa.int64()), ("teacher_forward_images", pa.int64()),
     ("teacher_logits", pa.string()), ("conv_sparsity", pa.float64()), ("node", pa.string()), ("node_ip", pa.string()), ("node_id", pa.string()), ("gpu_ids", pa.string()),
     ("trial_start", pa.float64()), ("trial_end", pa.float64()),
+    # compression and runtimes: one row per (variant, runtime, device); training columns repeat on each
+    ("runtime", pa.string()), ("precision", pa.string()), ("prune_method", pa.string()), ("macs", pa.int64()),
+    ("size_bytes", pa.int64()), ("latency_ci95_ms", pa.float64()), ("latency_iters", pa.int64()),
+    ("onnx_file", pa.string()), ("onnx_max_abs_diff", pa.float64()), ("top1_agreement", pa.float64()),
 ])
 COLUMNS = SCHEMA.names
 
@@ -57,29 +61,42 @@ def _git_sha() -> str | None:
         return None
 
 
-def write_row(row: dict, path: str | Path) -> None:
-    """Write one result row as a Parquet file, atomically; unknown keys are an error (the schema is a contract)."""
-    extra = set(row) - set(COLUMNS)
+def write_rows(rows: list[dict], path: str | Path) -> None:
+    """Write a variant's rows (one per runtime) as one Parquet file, atomically; unknown keys are an error."""
+    extra = {k for row in rows for k in row} - set(COLUMNS)
     if extra:
         raise KeyError(f"not in the results schema: {sorted(extra)}")
-    table = pa.Table.from_pylist([{c: row.get(c) for c in COLUMNS}], schema=SCHEMA)
+    table = pa.Table.from_pylist([{c: row.get(c) for c in COLUMNS} for row in rows], schema=SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf)
     storage.write_bytes(path, buf.getvalue())
 
 
-def read_row(path: str | Path) -> dict:
-    """Read one result file; a damaged file is a ResultError naming it."""
+def write_row(row: dict, path: str | Path) -> None:
+    """Write a variant's single row (see write_rows)."""
+    write_rows([row], path)
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Every row of one result file (files written before runtimes became rows hold one); damage is a ResultError."""
     try:
-        return pq.read_table(pa.BufferReader(storage.read_bytes(path))).to_pylist()[0]
-    except (pa.ArrowException, OSError, IndexError) as exc:
+        rows = pq.read_table(pa.BufferReader(storage.read_bytes(path))).to_pylist()
+    except (pa.ArrowException, OSError) as exc:
         raise ResultError(f"{path}: unreadable result file ({exc.__class__.__name__}: {exc})") from None
+    if not rows:
+        raise ResultError(f"{path}: unreadable result file (no rows)")
+    return rows
+
+
+def read_row(path: str | Path) -> dict:
+    """The first row of one result file (what every row of a variant shares: identity, training, status)."""
+    return read_rows(path)[0]
 
 
 def read_results(results_dir: str | Path) -> pd.DataFrame:
     """All result rows of an experiment's results/ folder (a path or URI) as one DataFrame (contract column order)."""
     files = storage.listdir(results_dir, ".parquet")
-    rows = [read_row(f) for f in files]
+    rows = [r for f in files for r in read_rows(f)]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

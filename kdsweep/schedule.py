@@ -18,7 +18,7 @@ from ray.tune.search import Searcher
 
 from . import storage
 
-RANK = {"teacher": 0, "logits": 1, "student": 2, "baseline": 3, "pruned": 4, "latency": 5}
+RANK = {"teacher": 0, "logits": 1, "student": 2, "baseline": 3, "pruned": 4, "quantized": 5, "latency": 6}
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Task:
 
     id: str
     kind: str  # train | logits | latency
-    stage: str  # teacher | baseline | student | pruned | logits | latency
+    stage: str  # teacher | baseline | student | pruned | quantized | logits | latency
     deps: tuple[str, ...] = ()
     payload: dict = field(default_factory=dict, hash=False, compare=False)
 

@@ -14,17 +14,21 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import zstandard
 from torch import nn
 
 from . import storage
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, config_hash, teacher_settings
-from .data import Dataset, ViewSpec
+from .data import Dataset, ViewSpec, make_views
 from .engine import DivergedError, TrainSpec, recalibrate_bn, teacher_logits, train
-from .measure import accuracy, latency, model_size
-from .models import build_model
-from .plan import Variant
+from .measure import accuracy, count_macs, device_label, model_size, predict
+from .models import build_model, set_bn_momentum
+from .plan import STRUCTURED, Variant
 from .pruning import apply_pruning, make_permanent, sparsity_report
+
+# images of the test split that every ONNX export is checked on against PyTorch (batch > 1: the batch axis is dynamic)
+EXPORT_CHECK_IMAGES = 64
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,13 @@ class Paths:
     def latency(self, v: Variant) -> str:
         return storage.join(self.artifact_dir(v), "latency.json")
 
+    def onnx(self, v: Variant) -> str:
+        return storage.join(self.artifact_dir(v), "model.onnx")
+
+    def structure(self, v: Variant) -> str:
+        """The pruning history of a structurally pruned variant (JSON; replayed on a fresh model to load it)."""
+        return storage.join(self.artifact_dir(v), "structure.json")
+
     def signals(self, run: str) -> str:
         return storage.join(self.root, "signals", f"{run}.json")
 
@@ -65,7 +76,35 @@ class Paths:
 
 
 def arch_of(cfg: Config, v: Variant) -> str:
-    return cfg.teacher.arch if v.stage == "teacher" else cfg.student.arch
+    return cfg.teacher.arch if v.base().stage == "teacher" else cfg.student.arch
+
+
+def load_model(cfg: Config, v: Variant, paths: Paths, num_classes: int) -> nn.Module:
+    """A trained fp32 variant's model from its saved weights (replaying its pruning history if structured)."""
+    if v.prune_method != STRUCTURED:
+        return build_model(arch_of(cfg, v), num_classes, str(paths.model(v)), None)
+    from .structured import replay
+
+    model = build_model(arch_of(cfg, v), num_classes, "none", None)
+    replay(model, json.loads(storage.read_text(paths.structure(v))))
+    model.load_state_dict(load_checkpoint(paths.model(v)))
+    return model
+
+
+def needs_onnx(cfg: Config) -> bool:
+    """Whether the sweep's variants are exported to ONNX (an ONNX runtime is timed, or INT8 is built from it)."""
+    return bool({"onnxruntime", "tensorrt"} & set(cfg.measure.runtimes)) or "int8" in cfg.quantize.method
+
+
+def runtime_rows(cfg: Config, v: Variant, devices: list[str]) -> list[tuple[str, str]]:
+    """(runtime, device) pairs a variant is timed under: torch runs fp32 models only, TensorRT only on CUDA."""
+    out = []
+    for dev in devices:
+        for rt in cfg.measure.runtimes:
+            if (rt == "torch" and v.precision != "fp32") or (rt == "tensorrt" and dev != "cuda"):
+                continue
+            out.append((rt, dev))
+    return out
 
 
 def read_record(path: str | Path) -> dict | None:
@@ -101,7 +140,10 @@ def train_variant(cfg: Config, v: Variant, paths: Paths, data: Dataset, device: 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            record = _train(cfg, v, paths, data, device, plan_by_key, on_epoch)
+            if v.stage == "quantized":
+                record = _quantize(cfg, v, paths, data, plan_by_key)
+            else:
+                record = _train(cfg, v, paths, data, device, plan_by_key, on_epoch)
         except DivergedError as exc:
             record = {"status": "failed", "error": f"diverged: {exc}", "arch": arch_of(cfg, v)}
     record |= {"config_hash": v.config_hash, "warnings": list(dict.fromkeys(
@@ -116,6 +158,8 @@ def _train(cfg: Config, v: Variant, paths: Paths, data: Dataset, device: torch.d
     view = ViewSpec.from_config(cfg.data)
     runs = _bump_runs(paths, v)
     teacher_model, logits, logits_name = None, None, None
+    # a model built from scratch is initialised from the variant's seed, so one config hash means one set of weights
+    torch.manual_seed(v.seed)
     if v.stage == "teacher":
         c = cfg.teacher
         model = build_model(c.arch, data.num_classes, c.weights, c.bn_momentum, key="teacher")
@@ -133,10 +177,13 @@ def _train(cfg: Config, v: Variant, paths: Paths, data: Dataset, device: torch.d
                                             cfg.teacher.bn_momentum, key="teacher")
                 logits_name = "online"
         if v.stage == "pruned":
-            parent = plan_by_key[v.parent]
-            model = build_model(c.arch, data.num_classes, str(paths.model(parent)), c.bn_momentum, key="student")
+            model = load_model(cfg, plan_by_key[v.parent], paths, data.num_classes)
+            set_bn_momentum(model, c.bn_momentum)
+            if v.prune_method == STRUCTURED:
+                _prune_structured(cfg, v, paths, model)
             model.to(device)
-            apply_pruning(model, v.prune_amount, cfg.prune.scope)
+            if v.prune_method != STRUCTURED:
+                apply_pruning(model, v.prune_amount, cfg.prune.scope)
             if cfg.prune.recalibrate_bn:
                 # pruning shifts every activation; stale BN statistics alone can drop accuracy to chance
                 recalibrate_bn(model, data, view, device, batch_size=c.batch_size, seed=v.seed)
@@ -151,16 +198,86 @@ def _train(cfg: Config, v: Variant, paths: Paths, data: Dataset, device: torch.d
     model.cpu()
     save_checkpoint(model.state_dict(), paths.model(v))
     size = model_size(model)
-    return {
+    record = {
         "status": "ok", "error": None,
         "test_acc": accuracy(model, data.test_x, data.test_y, view, torch.device("cpu") if device.type == "cpu" else device),
         "params": size.params, "nonzero_params": size.nonzero_params, "sparsity": size.sparsity,
         "size_mb": size.size_mb, "size_nonzero_mb": size.size_nonzero_mb, "size_compressed_mb": size.size_compressed_mb,
+        "macs": count_macs(model, cfg.data.image_size),
         "train_seconds": time.perf_counter() - t0, "epochs_run": len(history), "train_runs": runs,
         "teacher_forward_images": sum(r["teacher_forward_images"] for r in history),
         "teacher_logits": logits_name, "arch": arch_of(cfg, v),
         "conv_sparsity": sparsity_report(model).sparsity,
         "history": history,
+    }
+    if needs_onnx(cfg):
+        record |= export_variant(cfg, v, paths, model, data, view)
+    return record
+
+
+def _prune_structured(cfg: Config, v: Variant, paths: Paths, model: nn.Module) -> None:
+    """Channel-prune `model` (the parent's weights, on CPU); a retried trial replays the history it saved."""
+    from .structured import replay, structured_prune
+
+    where = paths.structure(v)
+    if storage.exists(where):
+        replay(model, json.loads(storage.read_text(where)))
+        return
+    history = structured_prune(model, v.prune_amount, cfg.data.image_size, cfg.prune.round_to, cfg.prune.scope)
+    storage.write_bytes(where, json.dumps(history).encode())
+
+
+def export_variant(cfg: Config, v: Variant, paths: Paths, model: nn.Module, data: Dataset, view: ViewSpec) -> dict:
+    """Export a trained fp32 model to ONNX next to its weights, checked against PyTorch; record fields (or the error)."""
+    from .export import ExportError, export_onnx
+
+    check = make_views(data.test_x[:EXPORT_CHECK_IMAGES], view)
+    try:
+        ex = export_onnx(model, check, shared=storage.join(paths.root, "artifacts", "onnx-templates"))
+    except ExportError as exc:
+        return {"export_error": str(exc)}
+    storage.write_bytes(paths.onnx(v), ex.onnx)
+    return {"onnx_file": _relative(paths, paths.onnx(v)), "size_bytes": len(ex.onnx),
+            "onnx_max_abs_diff": ex.max_abs_diff, "top1_agreement": ex.agreement, "export_error": None}
+
+
+def _relative(paths: Paths, location: str) -> str:
+    return location[len(paths.root):].lstrip("/")
+
+
+def _quantize(cfg: Config, v: Variant, paths: Paths, data: Dataset, plan_by_key: dict[str, Variant]) -> dict:
+    """INT8 of a trained fp32 variant with ONNX Runtime static quantization, evaluated in ONNX Runtime."""
+    from . import quantize
+    from .runtimes import ort_session
+
+    t0 = time.perf_counter()
+    runs = _bump_runs(paths, v)
+    parent = plan_by_key[v.parent]
+    prec = read_record(paths.record(parent)) or {}
+    view = ViewSpec.from_config(cfg.data)
+    model = load_model(cfg, parent, paths, data.num_classes)
+    if not storage.exists(paths.onnx(parent)):  # exported by its training task, unless that predates export
+        export = export_variant(cfg, parent, paths, model, data, view)
+        if export.get("export_error"):
+            raise RuntimeError(f"parent {parent.key}: {export['export_error']}")
+    batch = (cfg.teacher if parent.stage == "teacher" else cfg.student).batch_size
+    calib = quantize.calibration_batches(data, view, v.seed, cfg.quantize.calib_batches, batch)
+    settings = quantize.int8_settings()
+    int8 = quantize.quantize_int8(storage.read_bytes(paths.onnx(parent)), calib, settings)
+    storage.write_bytes(paths.onnx(v), int8)
+    acc, preds = quantize.evaluate(ort_session(int8, "cpu", torch.get_num_threads()), data.test_x, data.test_y, view)
+    ref = predict(model, data.test_x, view, torch.device("cpu")).argmax(1).numpy()
+    params, nonzero = prec.get("params"), prec.get("nonzero_params")
+    return {
+        "status": "ok", "error": None, "test_acc": acc, "top1_agreement": float((preds == ref).mean()),
+        # one byte per weight: the reference's params·4 figure at int8
+        "params": params, "nonzero_params": nonzero, "sparsity": prec.get("sparsity"),
+        "size_mb": params / 1e6 if params else None, "size_nonzero_mb": nonzero / 1e6 if nonzero else None,
+        "size_compressed_mb": len(zstandard.ZstdCompressor(level=10).compress(int8)) / 1e6,
+        "size_bytes": len(int8), "macs": prec.get("macs") or count_macs(model, cfg.data.image_size),
+        "onnx_file": _relative(paths, paths.onnx(v)), "quantize": settings,
+        "train_seconds": time.perf_counter() - t0, "epochs_run": 0, "train_runs": runs, "teacher_forward_images": 0,
+        "arch": arch_of(cfg, v), "conv_sparsity": prec.get("conv_sparsity"),
     }
 
 
@@ -177,9 +294,61 @@ def ensure_teacher_logits(cfg: Config, seed: int, paths: Paths, data: Dataset, d
     return out
 
 
-def measure_latency(cfg: Config, v: Variant, paths: Paths, num_classes: int, device: torch.device) -> dict:
-    """Batch-1 latency of a trained variant's saved weights on `device`."""
-    model: nn.Module = build_model(arch_of(cfg, v), num_classes, str(paths.model(v)), None).to(device)
-    m = cfg.measure
-    lat = latency(model, cfg.data.image_size, device, m.warmup, m.iters)
-    return {"latency_ms": lat.median_ms, "latency_p90_ms": lat.p90_ms, "latency_device": lat.device}
+def measure_latencies(cfg: Config, variants: list[Variant], paths: Paths, data: Dataset, devices: list[str],
+                      threads: int) -> dict[str, list[dict]]:
+    """Batch-1 latency of every variant under every runtime, all interleaved per iteration, one device at a time.
+
+    Returns (and writes to each variant's latency.json) one entry per (runtime, device): the timing, or the error
+    that kept that runtime from running the variant (the other runtimes and variants go on).
+    """
+    from .runtimes import ort_session, ort_runner, runtime_label, time_interleaved, torch_runner
+
+    view = ViewSpec.from_config(cfg.data)
+    out: dict[str, list[dict]] = {v.key: [] for v in variants}
+    for dev in devices:
+        device = torch.device("cuda", 0) if dev == "cuda" else torch.device("cpu")
+        runners, meta = {}, {}
+        for v in variants:
+            model, extra = None, {}
+            for rt, _ in runtime_rows(cfg, v, [dev]):
+                label = runtime_label(rt, dev)
+                entry = {"runtime": label, "latency_device": device_label(device), "precision": v.precision}
+                try:
+                    if rt == "torch":
+                        model = model or load_model(cfg, v, paths, data.num_classes)
+                        runner = torch_runner(model.to(device), cfg.data.image_size, device, v.precision)
+                    else:
+                        onnx, extra = _onnx_bytes(cfg, v, paths, data, view, extra)
+                        runner = ort_runner(ort_session(onnx, dev, threads, tensorrt=rt == "tensorrt"),
+                                            cfg.data.image_size, v.precision)
+                except Exception as exc:  # noqa: BLE001 - one runtime failing on one model must not stop the rest
+                    out[v.key].append(entry | extra | {"error": f"{label}: {_one_line(exc)}"})
+                    continue
+                runners[f"{v.key}|{label}"] = runner
+                meta[f"{v.key}|{label}"] = (v.key, entry | extra)
+        stats = time_interleaved(runners, cfg.measure.warmup, cfg.measure.iters) if runners else {}
+        for name, st in stats.items():
+            key, entry = meta[name]
+            out[key].append(entry | {"latency_ms": st.median_ms, "latency_p90_ms": st.p90_ms,
+                                     "latency_ci95_ms": st.ci95_ms, "latency_iters": st.iters, "error": None})
+    for v in variants:
+        storage.write_bytes(paths.latency(v), json.dumps(out[v.key]).encode())
+    return out
+
+
+def _onnx_bytes(cfg: Config, v: Variant, paths: Paths, data: Dataset, view: ViewSpec, extra: dict) -> tuple[bytes, dict]:
+    """A variant's ONNX file; exported now when an experiment predates export (fields for its rows in `extra`)."""
+    if storage.exists(paths.onnx(v)):
+        return storage.read_bytes(paths.onnx(v)), extra
+    rec = read_record(paths.record(v)) or {}
+    if rec.get("export_error") or v.precision != "fp32":
+        raise RuntimeError(rec.get("export_error") or "no ONNX file")
+    extra = export_variant(cfg, v, paths, load_model(cfg, v, paths, data.num_classes), data, view)
+    if extra.get("export_error"):
+        raise RuntimeError(extra["export_error"])
+    return storage.read_bytes(paths.onnx(v)), extra
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0][:300] if text else ''}"

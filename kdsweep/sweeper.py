@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import yaml
 
@@ -20,9 +20,12 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .config import Config, ConfigError, load_config
 from .data import load_dataset
 from .plan import Plan, Variant, describe, make_plan
-from .results import COLUMNS, ResultError, provenance, read_row, write_row
+from .results import COLUMNS, ResultError, provenance, read_row, read_rows, write_rows
 from .schedule import Task
-from .stages import Paths, read_record
+from .stages import Paths, read_record, runtime_rows
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Echo = Callable[[str], None]
 
@@ -55,20 +58,40 @@ def _writable_ancestor(path: Path) -> None:
         raise ConfigError(f"--storage: {str(p)!r} is not a writable directory")
 
 
-def _row(v: Variant, record: dict | None, status: str, error: str | None = None, latency: dict | None = None) -> dict:
+def _rows(v: Variant, record: dict | None, status: str, error: str | None = None,
+          latency: list[dict] | None = None) -> list[dict]:
+    """A variant's result rows: one per (runtime, device) it was timed under, else one without latency."""
     row = {"variant": v.label, "stage": v.stage, "temperature": v.temperature, "alpha": v.alpha,
-           "prune_amount": v.prune_amount, "seed": v.seed, "key": v.key, "parent": v.parent}
+           "prune_amount": v.prune_amount, "seed": v.seed, "key": v.key, "parent": v.parent,
+           "prune_method": v.prune_method, "precision": v.precision}
     row |= {k: val for k, val in (record or {}).items() if k in COLUMNS}
-    row |= (latency or {}) | provenance()
-    row |= {"status": status, "error": error, "config_hash": v.config_hash}
-    return row
+    row |= provenance() | {"status": status, "error": error, "config_hash": v.config_hash}
+    rows = []
+    for entry in latency or []:
+        r = row | {k: val for k, val in entry.items() if k in COLUMNS}
+        # a runtime that could not run this model fails its own row; the variant's other rows stay ok
+        rows.append(r | ({"status": "failed", "error": entry["error"]} if entry.get("error") else {}))
+    return rows or [row]
+
+
+def expected_runtimes(cfg: Config, v: Variant, devices: list[str] | None) -> set[tuple[str, str | None]]:
+    """The (runtime label, device kind) pairs a finished variant has rows for.
+
+    `devices` None: latency runs on whatever device the latency trial gets (`auto`), which the driver cannot know
+    (logical GPUs, a CPU-only head node), so only the runtimes count: pairs are (runtime name, None).
+    """
+    from .runtimes import runtime_label
+
+    if devices is None:
+        return {(rt, None) for rt, _ in runtime_rows(cfg, v, ["cpu"])}
+    return {(runtime_label(rt, dev), dev) for rt, dev in runtime_rows(cfg, v, devices)}
 
 
 class _Progress:
     """One status line per finished task: what finished, trained/total per stage, failures, best accuracy, elapsed."""
 
-    def __init__(self, echo: Echo, start: float):
-        self.echo, self.start = echo, start
+    def __init__(self, echo: Echo, start: float, runtimes: list[str]):
+        self.echo, self.start, self.runtimes = echo, start, runtimes
         self.best: float | None = None
         self.total: dict[str, int] = {}
         self.done: dict[str, int] = {}
@@ -79,8 +102,8 @@ class _Progress:
             if task.kind == "logits":
                 self.echo(f"[teacher logits] seed {task.payload['seed']}: one teacher pass over every student view")
             elif task.kind == "latency":
-                self.echo(f"[latency] queued: {len(task.payload['keys'])} model(s), one at a time on one device, "
-                          "once all training has finished")
+                self.echo(f"[latency] queued: {len(task.payload['keys'])} model(s) x {', '.join(self.runtimes)}, "
+                          "interleaved on one device once all training has finished")
             return
         if task.kind == "train":
             self.done[task.stage] = self.done.get(task.stage, 0) + 1
@@ -118,30 +141,45 @@ def _init_ray(address: str | None, echo: Echo) -> bool:
 class Sweep:
     """One `kdsweep run`: state shared by its waves."""
 
-    def __init__(self, cfg: Config, exp: "Path | str", plan: Plan, echo: Echo):
-        self.cfg, self.exp, self.plan, self.echo = cfg, exp, plan, echo
+    def __init__(self, cfg: Config, exp: "Path | str", plan: Plan, echo: Echo, devices: list[str] | None):
+        self.cfg, self.exp, self.plan, self.echo, self.devices = cfg, exp, plan, echo, devices
         self.paths = Paths(exp)
         self.by_key = plan.by_key()
-        self.progress = _Progress(echo, time.time())
+        self.progress = _Progress(echo, time.time(), cfg.measure.runtimes)
         self._verified: dict[tuple, bool] = {}
+        self._left: set[str] = set()  # keys of the variants this run trains or re-times
 
     # -- state ------------------------------------------------------------------------------------------
     def finished(self, v: Variant, say: bool = False) -> bool:
-        """A result row with this variant's config hash exists and is ok (`say`: tell why not, when it exists)."""
+        """Result rows with this variant's config hash exist, are ok, and cover every configured runtime and device.
+
+        `say`: tell why not, when rows exist. Rows of an experiment made before runtimes became rows have no
+        `runtime`: such a variant is re-timed (never retrained, its trained record still holds).
+        """
         echo = self.echo if say else (lambda _msg: None)
         path = self.paths.result(v)
         if not store.exists(path):
             return False
         try:
-            row = read_row(path)
+            rows = read_rows(path)
         except ResultError as exc:
             echo(f"warning: {exc}; recomputing {v.key}")
             return False
+        row = rows[0]
         if row["config_hash"] != v.config_hash:
             echo(f"config changed for {v.key} (hash {row['config_hash']} -> {v.config_hash}): recomputing")
             return False
-        if row["status"] != "ok":
-            echo(f"retrying {v.key} (last run: {row['status']}: {row['error']})")
+        bad = next((r for r in rows if r["status"] != "ok"), None)
+        if bad:
+            echo(f"retrying {v.key} (last run: {bad['status']}: {bad['error']})")
+            return False
+        if self.devices is None:
+            have = {((r.get("runtime") or "").split("-")[0], None) for r in rows}
+        else:
+            have = {(r.get("runtime"), (r.get("latency_device") or "").split(":")[0]) for r in rows}
+        missing = expected_runtimes(self.cfg, v, self.devices) - have
+        if missing:
+            echo(f"timing {v.key} under {', '.join(sorted(rt + (f' on {d}' if d else '') for rt, d in missing))}")
             return False
         return True
 
@@ -150,6 +188,8 @@ class Sweep:
         rec = read_record(self.paths.record(v))
         if not (rec and rec.get("status") == "ok" and rec.get("config_hash") == v.config_hash):
             return None
+        if v.stage == "quantized":  # its model is the INT8 ONNX file (an empty one is a write that never happened)
+            return rec if store.exists(self.paths.onnx(v)) and store.info(self.paths.onnx(v)).size > 0 else None
         return rec if self._weights_ok(self.paths.model(v)) else None
 
     def _weights_ok(self, path: str) -> bool:
@@ -205,11 +245,13 @@ class Sweep:
             deps = [d for d in deps if d in todo_keys or d in logits.values()]
             tasks.append(Task(v.key, "train", v.stage, tuple(deps), {"variant": v.to_dict()}))
         if left:
-            for v in left:  # never read a latency measured for earlier weights of this variant
+            # every model of the sweep is timed again, together: latencies from separate sessions are not comparable
+            for v in self.plan:  # never read a latency measured for earlier weights of a variant
                 if store.exists(self.paths.latency(v)):
                     store.remove(self.paths.latency(v))
+            self._left = {v.key for v in left}
             tasks.append(Task("latency", "latency", "latency", tuple(t.id for t in tasks if t.kind == "train"),
-                              {"keys": [v.key for v in left]}))
+                              {"keys": [v.key for v in self.plan], "devices": self.devices}))
         return tasks
 
     def execute(self, shared: list, gpus: float, slots: int) -> None:
@@ -223,7 +265,7 @@ class Sweep:
         if not tasks:
             return
         train = [t for t in tasks if t.kind == "train"]
-        self.progress.total = {s: n for s in ("teacher", "baseline", "student", "pruned")
+        self.progress.total = {s: n for s in ("teacher", "baseline", "student", "pruned", "quantized")
                                if (n := sum(t.stage == s for t in train))}
         if train:
             self.echo(f"[sweep] training {len(train)} variant(s): "
@@ -257,36 +299,60 @@ class Sweep:
         for t in tasks:
             if t.kind == "logits" and t.id in crashed:
                 self.echo(f"warning: teacher logits for seed {t.payload['seed']} failed: {crashed[t.id]}")
-        measured = {k for t in tasks if t.kind == "latency" for k in t.payload["keys"]}  # every unfinished variant
+        if not any(t.kind == "latency" for t in tasks):
+            return
         for v in self.plan:
-            if v.key not in measured:
-                continue
             rec = self.trained(v)
             raw = read_record(self.paths.record(v)) or {}
-            for w in raw.get("warnings", []) if raw.get("config_hash") == v.config_hash else []:
-                self.echo(f"warning [{v.key}]: {w}")
-            if rec:
-                path = self.paths.latency(v)
-                if store.exists(path):
-                    lat = json.loads(store.read_text(path))
-                    write_row(_row(v, rec, "ok", None, lat), self.paths.result(v))
-                else:
-                    why = crashed.get("latency") or done.get("latency") or "the latency task did not run"
-                    write_row(_row(v, rec, "failed", f"latency not measured: {why}"), self.paths.result(v))
+            if v.key in self._left:
+                for w in raw.get("warnings", []) if raw.get("config_hash") == v.config_hash else []:
+                    self.echo(f"warning [{v.key}]: {w}")
+            out = self.paths.result(v)
+            if rec and store.exists(self.paths.latency(v)):
+                write_rows(_rows(v, rec, "ok", None, json.loads(store.read_text(self.paths.latency(v)))), out)
+            elif v.key not in self._left:
+                continue  # finished before this run and not re-timed (the latency task failed): keep its rows
+            elif rec:
+                why = crashed.get("latency") or done.get("latency") or "the latency task did not run"
+                write_rows(_rows(v, rec, "failed", f"latency not measured: {why}"), out)
             elif v.key in crashed:  # the trial raised even after its retries
-                write_row(_row(v, raw or None, "failed", crashed[v.key]), self.paths.result(v))
+                write_rows(_rows(v, raw or None, "failed", crashed[v.key]), out)
             elif raw.get("config_hash") == v.config_hash and raw.get("status") == "failed":  # diverged
-                write_row(_row(v, raw, "failed", raw.get("error")), self.paths.result(v))
+                write_rows(_rows(v, raw, "failed", raw.get("error")), out)
             else:
                 problem = self.parent_problem(v) or self._logits_problem(v, done, crashed)
-                write_row(_row(v, None, "skipped", problem or f"skipped: {done.get(v.key, 'not run')}"),
-                          self.paths.result(v))
+                write_rows(_rows(v, None, "skipped", problem or f"skipped: {done.get(v.key, 'not run')}"), out)
 
     def _logits_problem(self, v: Variant, done: dict[str, str], crashed: dict[str, str]) -> str | None:
         lid = f"logits-s{v.seed}"
         if lid in done and done[lid] != "ok":
             return f"skipped: teacher logits for seed {v.seed} failed ({crashed.get(lid) or done[lid]})"
         return None
+
+
+def measure_devices(cfg: Config, gpus_total: float) -> list[str] | None:
+    """The devices latency is measured on (None: whatever the latency trial has, `auto`); a device or runtime the
+    cluster cannot provide is a ConfigError."""
+    m = cfg.measure
+    if m.latency_device == "cuda" and gpus_total == 0:
+        raise ConfigError("measure.latency_device: 'cuda' but the Ray cluster has no GPU; use auto or cpu")
+    if m.devices is not None:
+        devices: list[str] | None = list(m.devices)
+        if "cuda" in devices and gpus_total == 0:
+            raise ConfigError("measure.devices: 'cuda' but the Ray cluster has no GPU; use [cpu] or leave it unset")
+    else:
+        devices = None if m.latency_device == "auto" else [m.latency_device]
+    may_cuda = "cuda" in (devices or ["cuda" if gpus_total > 0 else "cpu"])
+    if "tensorrt" in m.runtimes and not may_cuda:
+        raise ConfigError("measure.runtimes: tensorrt runs only on a CUDA GPU, but latency is measured on cpu"
+                          + ("" if devices else " (the Ray cluster has no GPU)"))
+    if "onnxruntime" in m.runtimes and devices and "cuda" in devices:
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            raise ConfigError("measure.runtimes: onnxruntime here has no CUDAExecutionProvider (install "
+                              "onnxruntime-gpu), so it cannot time models on cuda")
+    return devices
 
 
 def _slots(cfg: Config, gpus: float) -> int:
@@ -360,8 +426,7 @@ def run(config: "str | Path | dict | Config", overrides: list[str] | None = None
     try:
         gpus_total = float(ray.cluster_resources().get("GPU", 0))
         gpus = cfg.resources.gpus_per_trial if gpus_total > 0 else 0.0
-        if gpus_total == 0 and cfg.measure.latency_device == "cuda":  # checked before the experiment folder exists
-            raise ConfigError("measure.latency_device: 'cuda' but the Ray cluster has no GPU; use auto or cpu")
+        devices = measure_devices(cfg, gpus_total)  # checked before the experiment folder exists
         if gpus_total == 0 and cfg.resources.gpus_per_trial > 0:
             echo("no GPU in the Ray cluster: every trial runs on CPU (resources.gpus_per_trial is ignored)")
         if local:
@@ -375,7 +440,7 @@ def run(config: "str | Path | dict | Config", overrides: list[str] | None = None
                    "data": ray.put(dataset_to_arrays(data)),
                    "plan": [{"key": v.key, "variant": v.to_dict()} for v in plan],
                    "cpus_per_trial": cfg.resources.cpus_per_trial}]
-        sweep = Sweep(cfg, exp, plan, echo)
+        sweep = Sweep(cfg, exp, plan, echo, devices)
         sweep.execute(shared, gpus, _slots(cfg, gpus))
     finally:
         if started:
@@ -392,15 +457,26 @@ def run(config: "str | Path | dict | Config", overrides: list[str] | None = None
     return exp
 
 
-def summary_table(df) -> str:
-    """A short fixed-width table of the rows: variant, seed, status, accuracy, latency, sizes."""
+def summary_table(df: "pd.DataFrame") -> str:
+    """A short fixed-width table, one line per variant and seed: status, accuracy, latency per runtime, sizes."""
+    import pandas as pd
+
     if df.empty:
         return "(no results)"
-    order = {"teacher": 0, "baseline": 1, "student": 2, "pruned": 3}
-    df = df.assign(_o=df["stage"].map(order)).sort_values(["_o", "temperature", "alpha", "prune_amount", "seed"])
-    lines = [f"{'variant':<32}{'seed':>5} {'status':<11}{'acc':>7}{'lat ms':>9}{'MB':>8}{'nz MB':>8}{'zst MB':>8}"]
-    f = lambda x, p: "-" if x is None or x != x else f"{x:.{p}f}"  # noqa: E731
-    for r in df.itertuples():
-        lines.append(f"{r.variant:<32}{r.seed:>5} {r.status:<11}{f(r.test_acc, 4):>7}{f(r.latency_ms, 2):>9}"
-                     f"{f(r.size_mb, 2):>8}{f(r.size_nonzero_mb, 2):>8}{f(r.size_compressed_mb, 2):>8}")
+    order = {s: i for i, s in enumerate(("teacher", "baseline", "student", "pruned", "quantized"))}
+    df = df.assign(_o=df["stage"].map(order), _rt=df["runtime"].fillna("") + "@" + df["latency_device"].fillna(""))
+    rts = [r for r in dict.fromkeys(df["_rt"]) if r != "@"]
+    names = {r: r.split("@")[0].replace("onnxruntime", "ort") + ("" if r.endswith("@cpu") else "@gpu") for r in rts}
+    f = lambda x, p: "-" if pd.isna(x) else f"{x:.{p}f}"  # noqa: E731
+    w = max(32, int(df["variant"].str.len().max()) + 1)
+    lines = [f"{'variant':<{w}}{'seed':>5} {'status':<11}{'acc':>7}" + "".join(f"{names[r] + ' ms':>16}" for r in rts)
+             + f"{'MB':>8}{'nz MB':>8}{'file MB':>8}"]
+    for (_, _, _, _, _, seed, label), g in df.groupby(["_o", "temperature", "alpha", "prune_amount", "prune_method",
+                                                        "seed", "variant"], dropna=False, sort=True):
+        r = g.iloc[0]
+        status = "ok" if (g["status"] == "ok").all() else g.loc[g["status"] != "ok", "status"].iloc[0]
+        lat = {x: y for x, y in zip(g["_rt"], g["latency_ms"])}
+        lines.append(f"{label:<{w}}{seed:>5} {status:<11}{f(r.test_acc, 4):>7}"
+                     + "".join(f"{f(lat.get(x), 2):>16}" for x in rts)
+                     + f"{f(r.size_mb, 2):>8}{f(r.size_nonzero_mb, 2):>8}{f(r.size_bytes / 1e6, 2):>8}")
     return "\n".join(lines)

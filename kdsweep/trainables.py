@@ -18,7 +18,7 @@ from .data import Dataset
 from .plan import Variant
 from .results import hostname, now
 from .schedule import wait_for
-from .stages import Paths, ensure_teacher_logits, measure_latency, read_record, train_variant
+from .stages import Paths, ensure_teacher_logits, measure_latencies, read_record, train_variant
 
 
 def dataset_to_arrays(ds: Dataset) -> dict:
@@ -89,7 +89,7 @@ def _run_task(config: dict, shared: list) -> None:
         ensure_teacher_logits(cfg, seed, paths, data, trial_device(), plan[f"teacher-s{seed}"])
         tune.report({"status": "ok", "final": True})
     else:
-        _latency(cfg, paths, plan, data.num_classes, config["keys"])
+        _latency(cfg, paths, plan, data, config["keys"], config["devices"])
 
 
 def _train(cfg: Config, paths: Paths, plan: dict[str, Variant], data: Dataset, v: Variant) -> None:
@@ -107,17 +107,18 @@ def _train(cfg: Config, paths: Paths, plan: dict[str, Variant], data: Dataset, v
                  "test_acc": record.get("test_acc")})
 
 
-def _latency(cfg: Config, paths: Paths, plan: dict[str, Variant], num_classes: int, keys: list[str]) -> None:
-    """Batch-1 latency of every variant in `keys` that trained ok, one after another on this trial's device.
+def _latency(cfg: Config, paths: Paths, plan: dict[str, Variant], data: Dataset, keys: list[str],
+             devices: list[str] | None) -> None:
+    """Batch-1 latency of every variant in `keys` that trained ok, under every runtime, interleaved on each device.
 
     The searcher starts this task only once every training task has finished, so nothing else uses the device.
+    `devices` None (`auto`): this trial's own device.
     """
-    device = torch.device("cpu") if cfg.measure.latency_device == "cpu" else trial_device()
-    n = 0
+    devices = devices or [trial_device().type]
+    ok = []
     for k in keys:
         rec = read_record(paths.record(plan[k]))
         if rec and rec.get("status") == "ok" and rec.get("config_hash") == plan[k].config_hash:
-            lat = measure_latency(cfg, plan[k], paths, num_classes, device)
-            storage.write_bytes(paths.latency(plan[k]), json.dumps(lat).encode())
-            n += 1
-    tune.report({"status": "ok", "final": True, "measured": n})
+            ok.append(plan[k])
+    measure_latencies(cfg, ok, paths, data, devices, torch.get_num_threads())
+    tune.report({"status": "ok", "final": True, "measured": len(ok)})

@@ -10,7 +10,8 @@ from .conftest import SMOKE
 
 TINY = ["data.train_limit=256", "data.test_limit=64", "teacher.epochs=1", "student.epochs=2",
         "prune.recovery_epochs=1", "kd.temperature=[2,4]", "kd.alpha=[0.9]", "prune.amount=[0.3]",
-        "measure.iters=5", "measure.warmup=1", "resources.cpus_per_trial=1", "resources.gpus_per_trial=0.5"]
+        "measure.iters=5", "measure.warmup=1", "resources.cpus_per_trial=1", "resources.gpus_per_trial=0.5",
+        "measure.runtimes=[torch]"]  # one row per variant; ONNX export and runtimes are tested elsewhere
 
 
 @pytest.mark.slow

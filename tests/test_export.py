@@ -124,6 +124,21 @@ def test_same_arch_other_weights_is_filled_from_the_template(resnet, check_x):
     assert np.abs(out2 - out1).max() > 0.1 * np.abs(out1).max()  # its own weights, not the first model's
 
 
+def test_a_template_is_shared_with_other_processes_through_storage(resnet, check_x, tmp_path, monkeypatch):
+    first_model, _ = resnet
+    shared = str(tmp_path / "templates")
+    export_onnx(first_model, check_x, shared=shared)  # found in this process's cache: nothing new to share
+    monkeypatch.setattr(export, "_TEMPLATES", {})  # another process: an empty cache
+    fresh = export_onnx(first_model, check_x, shared=shared)
+    assert not fresh.reused_template and len(list((tmp_path / "templates").glob("template-*.onnx"))) == 1
+    monkeypatch.setattr(export, "_TEMPLATES", {})  # a third process finds the stored graph
+    model = _randomise(build_model("resnet18", 10, "none"), 11)
+    third = export_onnx(model, check_x, shared=shared)
+    assert third.reused_template
+    assert _within_tolerance(ort_predict(ort_session(third.onnx, "cpu", threads=1), check_x.numpy()),
+                             _torch_logits(model, check_x))
+
+
 def test_other_shapes_get_a_fresh_export(resnet, check_x):
     model = _randomise(build_model("resnet18", 5, "none"), 2)
     exported = export_onnx(model, check_x)

@@ -1,7 +1,6 @@
-"""INT8 static quantization with ONNX Runtime on real trained models (digits at 32 px, CPU)."""
+"""INT8 static quantization with ONNX Runtime on real trained models (the shared smoke sweep's, digits at 32 px)."""
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -12,8 +11,6 @@ import torch
 
 from kdsweep.config import DataConfig
 from kdsweep.data import ViewSpec, load_dataset, make_views, train_batches
-from kdsweep.engine import TrainSpec, train
-from kdsweep.models import build_model
 from kdsweep.quantize import (
     calibration_batches,
     cpu_has_vnni,
@@ -23,15 +20,14 @@ from kdsweep.quantize import (
     vnni_in_cpuinfo,
 )
 
-CPU = torch.device("cpu")
-# (epochs, lr, allowed int8 accuracy drop): measured fp32 0.964 / 0.950 in ~14 s / ~13 s of one CPU thread
-RECIPES = {"resnet18": (2, 2e-3, 0.02), "mobilenet_v3_small": (6, 1e-3, 0.03)}
+# fp32 models trained by the shared reduced smoke sweep (conftest), exported by kdsweep; allowed int8 accuracy drop
+SOURCES = {"resnet18": ("teacher-s0", 0.02), "mobilenet_v3_small": ("student-T4-a0.9-s0", 0.03)}
 AVX2_FLAGS = "fpu vme sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma avx512f avx512bw avx512vl"
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """Train on one thread: on a shared 2-core CI machine, two spinning OpenMP threads cost more CPU than they save."""
+    """One thread: on a shared 2-core CI machine, two spinning OpenMP threads cost more CPU than they save."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -44,32 +40,18 @@ def digits():
     return load_dataset(cfg), ViewSpec.from_config(cfg)
 
 
-def _export(model: torch.nn.Module) -> bytes:
-    """What kdsweep/export.py writes: dynamo, opset 18, unoptimised, input `input`, output `logits`, dynamic batch."""
-    f = io.BytesIO()
-    model = model.eval().to(memory_format=torch.contiguous_format)
-    torch.onnx.export(model, (torch.randn(2, 3, 32, 32),), f, dynamo=True, opset_version=18, optimize=False,
-                      dynamic_shapes=({0: torch.export.Dim("batch")},), input_names=["input"],
-                      output_names=["logits"], external_data=False)
-    return f.getvalue()
-
-
 def _session(model: bytes) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
-@pytest.fixture(scope="module", params=list(RECIPES))
-def quantized(request, digits):
-    """(arch, fp32 bytes, int8 bytes, calibration, settings) of a briefly trained model, quantized for this CPU."""
+@pytest.fixture(scope="module", params=list(SOURCES))
+def quantized(request, digits, smoke_exp):
+    """(arch, fp32 bytes, int8 bytes, calibration, settings) of a model the smoke sweep trained, quantized here."""
     data, view = digits
     arch = request.param
-    epochs, lr, _ = RECIPES[arch]
-    torch.manual_seed(0)
-    model = build_model(arch, data.num_classes)
-    train(model, data, view, TrainSpec(epochs=epochs, lr=lr, batch_size=64), CPU, evaluate=False)
-    fp32 = _export(model)
+    fp32 = next(smoke_exp.glob(f"artifacts/{SOURCES[arch][0]}-*/model.onnx")).read_bytes()
     calibration = calibration_batches(data, view, seed=0, batches=4, batch_size=64)
     settings = int8_settings()
     return arch, fp32, quantize_int8(fp32, calibration, settings), calibration, settings
@@ -143,8 +125,8 @@ def test_int8_accuracy_close_to_fp32(digits, quantized):
     acc8, pred8 = evaluate(_session(int8), data.test_x, data.test_y, view, batch_size=100)
     agreement = float((pred32 == pred8).mean())
     print(f"{arch}: fp32 {acc32:.4f} int8 {acc8:.4f} top-1 agreement {agreement:.4f} size {len(int8) / len(fp32):.3f}x")
-    assert acc32 >= 0.9, f"{arch} fp32 only reached {acc32:.3f}; the comparison needs a trained model"
-    assert acc8 >= acc32 - RECIPES[arch][2]
+    assert acc32 >= 0.8, f"{arch} fp32 only reached {acc32:.3f}; the comparison needs a trained model"
+    assert acc8 >= acc32 - SOURCES[arch][1]
     assert agreement >= 0.95
 
 

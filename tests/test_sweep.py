@@ -25,8 +25,12 @@ def ray_2gpu():
 @pytest.mark.slow
 def test_reduced_smoke_sweep_end_to_end_and_rerun_trains_nothing(smoke_exp, capsys):
     exp = smoke_exp
-    df = read_results(exp / "results")
-    assert len(df) == 6 and (df.status == "ok").all(), df[["key", "status", "error"]]
+    rows = read_results(exp / "results")
+    assert (rows.status == "ok").all(), rows[["key", "runtime", "status", "error"]]
+    # one row per variant and runtime: eager PyTorch and ONNX Runtime on the CPU, timed interleaved
+    assert len(rows) == 12 and rows.groupby("key").runtime.apply(set).eq({"torch", "onnxruntime-cpu"}).all()
+    df = rows[rows.runtime == "torch"]
+    assert len(df) == 6
     assert df.stage.value_counts().to_dict() == {"teacher": 1, "baseline": 1, "student": 2, "pruned": 2}
     by = df.set_index("key")
     assert set(by.index) == {"teacher-s0", "baseline-s0", "student-T4-a0.5-s0", "student-T4-a0.9-s0",
@@ -71,7 +75,7 @@ def test_reduced_smoke_sweep_end_to_end_and_rerun_trains_nothing(smoke_exp, caps
 
 @pytest.mark.slow
 def test_fractional_gpus_pack_trials_on_logical_gpus(ray_2gpu, tmp_path):
-    over = ["teacher.epochs=1", "student.epochs=2", "prune.recovery_epochs=1", "prune.amount=[0.3]",
+    over = ["teacher.epochs=1", "student.epochs=2", "prune.recovery_epochs=1", "prune.amount=[0.3]", "measure.runtimes=[torch]",
             "data.train_limit=256", "data.test_limit=64", "resources.cpus_per_trial=0.25",
             "resources.gpus_per_trial=0.25", "measure.iters=5", "measure.warmup=1"]
     exp = kdsweep.run(SMOKE, overrides=over, storage=tmp_path, name="packing")
