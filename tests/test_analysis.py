@@ -9,10 +9,22 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from kdsweep.analysis import analyze, headline_table, load_experiment, pareto_front, t_critical, tradeoff_tables
-from kdsweep.results import ResultError, read_results, read_row, write_row
+from kdsweep.analysis import (analyze, headline_table, load_experiment, pareto_front, t_critical, tradeoff_tables,
+                              tradeoffs_markdown)
+from kdsweep.results import SCHEMA, ResultError, read_results, read_row, write_rows
+
+# the result columns before runtimes, precision and pruning methods were recorded (issue 13): old experiments have
+# exactly these, one row per variant
+OLD_COLUMNS = ("variant", "stage", "temperature", "alpha", "prune_amount", "seed", "test_acc", "latency_ms",
+               "latency_p90_ms", "latency_device", "size_mb", "size_nonzero_mb", "size_compressed_mb", "params",
+               "nonzero_params", "sparsity", "train_seconds", "status", "error", "config_hash", "kdsweep_version",
+               "torch_version", "ray_version", "git_sha", "finished_at", "key", "parent", "arch", "epochs_run",
+               "train_runs", "teacher_forward_images", "teacher_logits", "conv_sparsity", "node", "node_ip", "node_id",
+               "gpu_ids", "trial_start", "trial_end")
 
 T975_DF1 = 12.7062  # Student's t, 0.975 quantile, 1 degree of freedom (two seeds)
 
@@ -30,17 +42,19 @@ def label_of(stage: str, t=None, a=None, p=None) -> str:  # noqa: ANN001
 
 def put(exp: Path, stage: str, seed: int = 0, t=None, a=None, p=None, acc=None, lat=None, nz=None,  # noqa: ANN001
         status: str = "ok", error: str | None = None) -> str:
-    """Write one result row the way the sweep does (kdsweep.results.write_row); returns its key."""
+    """Write one result file the way the sweep did before runtimes existed: one row, the old columns only."""
     key = key_of(stage, seed, t, a, p)
     a = 0.0 if stage == "baseline" else a
     dense = 40.0 if stage == "teacher" else 6.0
-    write_row({"variant": label_of(stage, t, a, p), "stage": stage, "temperature": t, "alpha": a, "prune_amount": p,
-               "seed": seed, "test_acc": acc, "latency_ms": lat, "latency_p90_ms": None if lat is None else lat * 1.1,
-               "latency_device": "cpu", "size_mb": dense, "size_nonzero_mb": nz,
-               "size_compressed_mb": None if nz is None else nz * 0.9,
-               "sparsity": None if nz is None else 1 - nz / dense, "status": status, "error": error, "key": key,
-               "parent": key_of("student", seed, t, a) if stage == "pruned" else None},
-              exp / "results" / f"{key}.parquet")
+    row = {"variant": label_of(stage, t, a, p), "stage": stage, "temperature": t, "alpha": a, "prune_amount": p,
+           "seed": seed, "test_acc": acc, "latency_ms": lat, "latency_p90_ms": None if lat is None else lat * 1.1,
+           "latency_device": "cpu", "size_mb": dense, "size_nonzero_mb": nz,
+           "size_compressed_mb": None if nz is None else nz * 0.9,
+           "sparsity": None if nz is None else 1 - nz / dense, "status": status, "error": error, "key": key,
+           "parent": key_of("student", seed, t, a) if stage == "pruned" else None}
+    schema = pa.schema([SCHEMA.field(c) for c in OLD_COLUMNS])
+    (exp / "results").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist([row], schema=schema), exp / "results" / f"{key}.parquet")
     return key
 
 
@@ -310,6 +324,234 @@ def test_analysis_never_imports_the_training_stack() -> None:
     assert out.strip() == "[]"
 
 
+GPU = "cuda:NVIDIA H100 80GB HBM3"
+DEVICES = {"torch-cpu": ("torch", "cpu"), "torch-cuda": ("torch", GPU), "onnxruntime-cpu": ("onnxruntime-cpu", "cpu"),
+           "onnxruntime-cuda": ("onnxruntime-cuda", GPU)}
+
+
+def put_long(exp: Path, key: str, label: str, stage: str, seed: int = 0, latency: dict | None = None,
+             ci: float = 0.01, **columns) -> str:  # noqa: ANN003
+    """Write one variant's result file as the sweep does now: one row per (runtime, device), training columns repeated.
+
+    `latency` maps a runtime label (torch-cpu, onnxruntime-cuda, ...) to its median ms; none (failed) gives one row.
+    """
+    base = {"variant": label, "stage": stage, "seed": seed, "key": key, "status": "ok", "latency_iters": 200,
+            **columns}
+    rows = [{**base, "runtime": DEVICES[rt][0], "latency_device": DEVICES[rt][1], "latency_ms": ms,
+             "latency_p90_ms": ms * 1.1, "latency_ci95_ms": ci} for rt, ms in (latency or {}).items()] or [base]
+    write_rows(rows, exp / "results" / f"{key}.parquet")
+    return key
+
+
+def fp32(params: int, nonzero: int | None = None, size_bytes: int | None = None) -> dict:
+    """The size columns of an fp32 model (4 bytes a weight) and its ONNX file."""
+    nonzero = params if nonzero is None else nonzero
+    return {"params": params, "nonzero_params": nonzero, "size_mb": params * 4 / 1e6,
+            "size_nonzero_mb": nonzero * 4 / 1e6, "size_bytes": size_bytes or params * 4 + 5000, "precision": "fp32"}
+
+
+KD = {"temperature": 4.0, "alpha": 0.9}
+ALL4 = ("onnxruntime-cuda", "onnxruntime-cpu", "torch-cuda", "torch-cpu")
+
+
+@pytest.fixture
+def runtime_exp(tmp_path: Path) -> Path:
+    """A hand-built experiment in the long format: fp32 variants timed on four runtimes, INT8 ones on ORT CPU only."""
+    exp = tmp_path / "runtimes"
+    lat = lambda *ms: dict(zip(ALL4, ms))  # noqa: E731
+    put_long(exp, "teacher-s0", "teacher", "teacher", test_acc=0.95, latency=lat(0.8, 12.0, 2.0, 20.0), **fp32(10**7))
+    put_long(exp, "baseline-s0", "student-ce (no KD)", "baseline", test_acc=0.85, alpha=0.0,
+             latency=lat(0.5, 3.0, 1.5, 5.0), **fp32(1_500_000))
+    for seed, (acc, cuda, cpu) in enumerate([(0.90, 0.51, 3.05), (0.92, 0.52, 3.10)]):
+        put_long(exp, f"student-T4-a0.9-s{seed}", "student-kd T=4 a=0.9", "student", seed, test_acc=acc,
+                 latency=lat(cuda, cpu, 1.52, 5.1), **KD, **fp32(1_500_000))
+    put_long(exp, "pruned-T4-a0.9-p0.5-s0", "student-kd T=4 a=0.9 p=0.5", "pruned", test_acc=0.89, prune_amount=0.5,
+             prune_method="l1_unstructured", parent="student-T4-a0.9-s0", latency=lat(0.51, 3.05, 1.52, 5.1), **KD,
+             **fp32(1_500_000, nonzero=750_000))
+    put_long(exp, "pruned-T4-a0.9-p0.5-structured-s0", "student-kd T=4 a=0.9 p=0.5 structured", "pruned",
+             test_acc=0.87, prune_amount=0.5, prune_method="l1_structured", parent="student-T4-a0.9-s0",
+             latency=lat(0.35, 1.8, 1.0, 3.0), **KD, **fp32(750_000))
+    put_long(exp, "pruned-T4-a0.9-p0.7-structured-s0", "student-kd T=4 a=0.9 p=0.7 structured", "pruned",
+             status="failed", error="RuntimeError: boom", prune_amount=0.7, prune_method="l1_structured", **KD)
+    int8 = {"stage": "quantized", "precision": "int8", "latency": {"onnxruntime-cpu": None}}
+    for key, label, parent, acc, params, ms, cols in (
+            ("int8-student-T4-a0.9-s0", "student-kd T=4 a=0.9 int8", "student-T4-a0.9-s0", 0.895, 1_500_000, 1.2, KD),
+            ("int8-teacher-s0", "teacher int8", "teacher-s0", 0.94, 10**7, 4.0, {})):
+        put_long(exp, key, label, int8["stage"], test_acc=acc, parent=parent, precision="int8", params=params,
+                 nonzero_params=params, size_mb=params / 1e6, size_nonzero_mb=params / 1e6, size_bytes=params + 9000,
+                 top1_agreement=0.99, onnx_max_abs_diff=0.05, latency={"onnxruntime-cpu": ms}, **cols)
+    return exp
+
+
+def test_headline_runtime_is_onnxruntime_and_counts_are_per_variant(runtime_exp: Path) -> None:
+    t = tradeoff_tables(runtime_exp)
+    v = t.variants.set_index("variant")
+    assert len(t.variants) == 8 and (v["status"] == "ok").sum() == 7  # not multiplied by the four runtimes
+    assert v.loc["teacher", "latency_runtime"] == "onnxruntime-cuda" and v.loc["teacher", "latency_ms_mean"] == 0.8
+    assert v.loc["teacher int8", "latency_runtime"] == "onnxruntime-cpu"  # INT8 was not timed on CUDA
+    assert v.loc["teacher", "kind"] == "teacher" and v.loc["teacher int8", "kind"] == "int8"
+    assert v.loc["student-kd T=4 a=0.9 p=0.5 structured", "kind"] == "structured"
+    student = v.loc["student-kd T=4 a=0.9"]
+    # two seeds, four runtime rows each: statistics over the two seeds, not eight rows
+    assert student.n == 2 and student.seeds == 2 and student.test_acc_mean == pytest.approx(0.91)
+    assert student.test_acc_std == pytest.approx(math.sqrt(2) * 0.01)
+    assert student.latency_ms_mean == pytest.approx(0.515) and student.size_bytes_mean == 6_005_000
+    assert t.by_temperature.set_index("temperature").loc[4.0, "n"] == 2
+    assert any("runtimes differ" in n for n in t.notes)
+
+
+def test_forced_runtime_label_or_name(runtime_exp: Path) -> None:
+    t = tradeoff_tables(runtime_exp, runtime="torch-cpu")
+    v = t.variants.set_index("variant")
+    assert v.loc["teacher", "latency_ms_mean"] == 20.0 and v.loc["student-kd T=4 a=0.9", "latency_ms_mean"] == 5.1
+    assert math.isnan(v.loc["teacher int8", "latency_ms_mean"])  # no torch row: out of the latency front
+    assert "teacher int8" not in t.pareto_latency["variant"].tolist()
+    assert "teacher int8" in t.pareto_size["variant"].tolist()  # still on the fronts that need no latency
+    torch = tradeoff_tables(runtime_exp, runtime="torch").variants.set_index("variant")
+    assert torch.loc["teacher", ["latency_runtime", "latency_ms_mean"]].tolist() == ["torch-cuda", 2.0]
+    with pytest.raises(ValueError, match="'tensorrt'.*onnxruntime-cuda, onnxruntime-cpu, torch-cuda, torch-cpu"):
+        tradeoff_tables(runtime_exp, runtime="tensorrt")
+
+
+def test_latency_by_runtime_pivot(runtime_exp: Path) -> None:
+    t = tradeoff_tables(runtime_exp)
+    wide = t.latency_by_runtime
+    assert list(wide.columns) == list(ALL4)
+    assert len(wide) == 7 and "student-kd T=4 a=0.9 p=0.7 structured" not in wide.index  # the failed one
+    assert wide.loc["teacher", "onnxruntime-cpu"] == 12.0 and wide.loc["teacher", "torch-cpu"] == 20.0
+    assert wide.loc["student-kd T=4 a=0.9", "onnxruntime-cpu"] == pytest.approx(3.075)
+    assert math.isnan(wide.loc["teacher int8", "torch-cpu"])
+    long = t.latency_runtimes.set_index(["variant", "latency_runtime"])
+    assert long.loc[("teacher", "torch-cuda"), ["latency_device", "n"]].tolist() == [GPU, 1]
+    assert long["headline"].sum() == 7 and long.loc[("teacher", "onnxruntime-cuda"), "headline"]
+    assert long.loc[("teacher", "onnxruntime-cuda"), "latency_spread_ms"] == pytest.approx(0.01)
+    # the same numbers as a pandas user's one-call pivot of the raw rows
+    raw = load_experiment(runtime_exp).rows
+    cpu = raw[raw["runtime"] == "onnxruntime-cpu"].pivot_table(index="variant", values="latency_ms")
+    assert cpu.loc["student-kd T=4 a=0.9", "latency_ms"] == pytest.approx(3.075)
+
+
+def test_int8_deltas_are_against_the_fp32_parent_on_the_same_runtime(runtime_exp: Path) -> None:
+    v = tradeoff_tables(runtime_exp).variants.set_index("variant")
+    q = v.loc["student-kd T=4 a=0.9 int8"]
+    assert q.parent == "student-kd T=4 a=0.9" and q.precision == "int8"
+    assert q.d_test_acc_vs_parent == pytest.approx(0.895 - 0.91)
+    # both on onnxruntime-cpu (the parent's headline is CUDA, 0.515 ms: not comparable)
+    assert q.d_latency_ms_vs_parent == pytest.approx(1.2 - 3.075)
+    assert q.d_size_mb_vs_parent == pytest.approx(1.5 - 6.0) and q.d_size_bytes_vs_parent == 1_509_000 - 6_005_000
+    assert v.loc["teacher int8", "d_test_acc_vs_parent"] == pytest.approx(-0.01)
+    assert v.loc["teacher int8", "d_latency_ms_vs_teacher"] == pytest.approx(4.0 - 12.0)
+    assert math.isnan(v.loc["student-kd T=4 a=0.9 p=0.5", "d_test_acc_vs_parent"])  # only INT8 has a parent delta
+    assert v.loc["student-kd T=4 a=0.9 p=0.5 structured", "d_test_acc_vs_unpruned"] == pytest.approx(0.87 - 0.91)
+
+
+def test_prune_marginal_by_method_and_fronts_span_every_kind(runtime_exp: Path) -> None:
+    t = tradeoff_tables(runtime_exp)
+    by_p = t.by_prune
+    assert [(p, m) for p, m in zip(by_p["prune_amount"], by_p["prune_method"])] == [
+        (0.0, None), (0.5, "l1_unstructured"), (0.5, "l1_structured")]
+    assert by_p["test_acc_mean"].tolist() == pytest.approx([0.91, 0.89, 0.87]) and by_p["n"].tolist() == [2, 1, 1]
+    assert t.pareto_latency["variant"].tolist() == ["student-kd T=4 a=0.9 p=0.5 structured", "student-kd T=4 a=0.9",
+                                                    "teacher"]
+    # non-zero size: INT8 weights are one byte; unstructured pruning only shrinks this size, not the ONNX file
+    front = ["student-kd T=4 a=0.9 int8", "student-kd T=4 a=0.9", "teacher int8", "teacher"]
+    assert t.pareto_size["variant"].tolist() == front
+    assert t.pareto_bytes["variant"].tolist() == front
+    # the same file bytes as its dense parent: beaten by it on the bytes front
+    assert not t.variants.set_index("variant").loc["student-kd T=4 a=0.9 p=0.5", "pareto_bytes"]
+    text = headline_table(t)
+    roles = {line.split("  ")[0]: line for line in text.splitlines()}
+    assert "best structured" in roles["student-kd T=4 a=0.9 p=0.5 structured"]
+    assert "best int8" in roles["teacher int8"] and "best unstructured" in roles["student-kd T=4 a=0.9 p=0.5"]
+    assert "onnxruntime-cuda" in roles["teacher"] and "onnxruntime-cpu" in roles["teacher int8"]
+    assert "8 variants: 7 ok, 1 failed" in text
+
+
+def test_long_format_outputs(runtime_exp: Path, tmp_path: Path) -> None:
+    out = analyze(runtime_exp, tmp_path / "out")
+    csv = pd.read_csv(out / "results.csv")
+    assert list(csv.columns[:4]) == ["Variant", "Accuracy", "LatencyMs", "SizeMB"]
+    assert len(csv) == 6 * 4 + 2 + 1  # 6 fp32 (variant, seed)s x 4 runtimes, 2 INT8 x 1, the failed variant's row
+    assert {"runtime", "precision", "prune_method", "size_bytes", "latency_ci95_ms"} <= set(csv.columns)
+    md = (out / "tradeoffs.md").read_text()
+    assert "8 variants (7 ok, 1 failed)" in md
+    assert "runtime per variant (onnxruntime-cuda: 5, onnxruntime-cpu: 2)" in md
+    assert f"| onnxruntime-cuda ({GPU}) | onnxruntime-cpu (cpu) | torch-cuda ({GPU}) | torch-cpu (cpu) |" in md
+    assert "| teacher | **0.800 ± 0.010** | 12.000 ± 0.010 | 2.000 ± 0.010 | 20.000 ± 0.010 |" in md
+    assert "| teacher int8 | — | **4.000 ± 0.010** | — | — |" in md
+    assert "### Accuracy vs ONNX file size" in md and "| teacher int8 | int8 | 5.0e-02 | 99.00 |" in md
+    assert "| 0.5 | l1_structured | 1 | 1 | 87.00 |" in md
+    width, height, dpi = png_info(out / "metrics_grid.png")
+    assert width >= 1200 and height >= 800 and dpi >= 149.9
+
+
+@pytest.fixture
+def tied_exp(tmp_path: Path) -> Path:
+    """Six identical dense students of equal accuracy whose medians differ by 0-3 % with CIs of ±5 %, and a teacher."""
+    exp = tmp_path / "ties"
+    put_long(exp, "teacher-s0", "teacher", "teacher", test_acc=0.95, latency={"onnxruntime-cpu": 10.0}, ci=0.5,
+             **fp32(10**7))
+    settings = [(t, a) for t in (2.0, 4.0, 6.0) for a in (0.5, 0.9)]
+    for (t, a), noise in zip(settings, (0.0, 0.01, 0.015, 0.02, 0.025, 0.03)):
+        ms = 2.0 * (1 + noise)
+        put_long(exp, f"student-T{t:g}-a{a:g}-s0", f"student-kd T={t:g} a={a:g}", "student", test_acc=0.9,
+                 temperature=t, alpha=a, latency={"onnxruntime-cpu": ms}, ci=0.05 * ms, **fp32(1_500_000))
+    return exp
+
+
+def test_latency_ties_within_the_noise_single_out_none(tied_exp: Path) -> None:
+    t = tradeoff_tables(tied_exp)
+    students = [v for v in t.variants["variant"] if v.startswith("student-kd")]
+    assert sorted(t.pareto_latency["variant"]) == sorted([*students, "teacher"])  # all six kept, none picked
+    assert t.variants["pareto_latency"].all()
+    text = headline_table(t)
+    assert "fastest" not in "".join(line.split("  ")[1] for line in text.splitlines()[1:] if "  " in line)
+    assert "fastest: a tie within the latency noise between 6 variants (2.000–2.060 ms)" in text
+    # without the CIs (only the relative tolerance), noise alone would single out the 2.000 ms one
+    assert pareto_front(t.variants, "latency_ms_mean")["variant"].tolist() == ["student-kd T=2 a=0.5", "teacher"]
+    # one student really faster (beyond both CIs) is singled out and beats the others on latency
+    put_long(tied_exp, "student-T8-a0.9-s0", "student-kd T=8 a=0.9", "student", test_acc=0.9, temperature=8.0,
+             alpha=0.9, latency={"onnxruntime-cpu": 1.5}, ci=0.05, **fp32(1_500_000))
+    t = tradeoff_tables(tied_exp)
+    assert t.pareto_latency["variant"].tolist() == ["student-kd T=8 a=0.9", "teacher"]
+    assert "student-kd T=8 a=0.9" in next(x for x in headline_table(t).splitlines() if "fastest" in x)
+
+
+def test_old_format_experiment_reads_as_torch_fp32_unstructured(two_seed_exp: Path) -> None:
+    assert "runtime" not in pq.read_schema(two_seed_exp / "results" / "teacher-s0.parquet").names
+    rows = load_experiment(two_seed_exp).rows
+    assert (rows["runtime"] == "torch").all() and (rows["precision"] == "fp32").all()
+    assert rows.loc[rows["stage"] == "pruned", "prune_method"].eq("l1_unstructured").all()
+    assert rows.loc[rows["stage"] != "pruned", "prune_method"].isna().all() and rows["size_bytes"].isna().all()
+    t = tradeoff_tables(two_seed_exp)
+    assert (t.variants["latency_runtime"] == "torch-cpu").all() and t.pareto_bytes.empty
+    assert list(t.latency_by_runtime.columns) == ["torch-cpu"]
+    assert t.by_prune[["prune_amount", "prune_method"]].values.tolist() == [[0.0, None], [0.5, "l1_unstructured"]]
+    text = headline_table(t)
+    assert "best pruned" in text and "latency: batch-1 median on torch-cpu (cpu)" in text
+    assert "runtime torch-cpu" in tradeoffs_markdown(t)
+
+
+def test_new_keys_and_labels_of_damaged_and_missing_variants(tmp_path: Path) -> None:
+    exp = tmp_path / "keys"
+    exp.mkdir()
+    plan = [{"stage": "pruned", "seed": 0, "temperature": 4.0, "alpha": 0.9, "prune_amount": 0.5,
+             "prune_method": "l1_structured", "precision": "fp32", "parent": "student-T4-a0.9-s0",
+             "key": "pruned-T4-a0.9-p0.5-structured-s0"},
+            {"stage": "quantized", "seed": 0, "temperature": None, "alpha": 0.0, "prune_amount": None,
+             "prune_method": None, "precision": "int8", "parent": "baseline-s0", "key": "int8-baseline-s0"}]
+    (exp / "plan.json").write_text(json.dumps(plan))
+    (exp / "results").mkdir()
+    for key in ("int8-pruned-T4-a0.9-p0.3-structured-s1", "int8-teacher-s0"):  # not in the plan: parsed from names
+        (exp / "results" / f"{key}.parquet").write_bytes(b"garbage")
+    v = tradeoff_tables(exp).variants.set_index("variant")
+    assert v.loc["student-kd T=4 a=0.9 p=0.5 structured", ["status", "kind"]].tolist() == ["missing", "structured"]
+    assert v.loc["student-ce (no KD) int8", ["status", "kind"]].tolist() == ["missing", "int8"]
+    damaged = v.loc["student-kd T=4 a=0.9 p=0.3 structured int8"]
+    assert damaged.status == "unreadable" and damaged.kind == "int8" and damaged.prune_method == "l1_structured"
+    assert v.loc["teacher int8", "status"] == "unreadable"
+
+
 @pytest.mark.slow
 def test_analysis_of_real_smoke_experiment(smoke_exp: Path, tmp_path: Path) -> None:
     raw = read_results(smoke_exp / "results")
@@ -317,15 +559,18 @@ def test_analysis_of_real_smoke_experiment(smoke_exp: Path, tmp_path: Path) -> N
     width, _, dpi = png_info(out / "metrics_grid.png")
     assert width >= 1200 and dpi >= 149.9
     csv = pd.read_csv(out / "results.csv")
-    assert list(csv.columns[:4]) == ["Variant", "Accuracy", "LatencyMs", "SizeMB"] and len(csv) == len(raw) == 6
+    # one row per (variant, seed, runtime): six variants, each timed on at least one runtime
+    assert list(csv.columns[:4]) == ["Variant", "Accuracy", "LatencyMs", "SizeMB"] and len(csv) == len(raw) >= 6
+    assert raw["key"].nunique() == 6
     t = tradeoff_tables(smoke_exp)
     assert not t.missing_note and not t.experiment.unreadable
     assert (t.variants["status"] == "ok").all() and len(t.variants) == 6
-    by_key = raw.set_index("key")
+    assert t.variants["latency_runtime"].notna().all() and len(t.latency_by_runtime) == 6
+    by_key = raw.drop_duplicates("key").set_index("key")
     v = t.variants.set_index("variant")
     drop = by_key.loc["pruned-T4-a0.9-p0.5-s0", "test_acc"] - by_key.loc["student-T4-a0.9-s0", "test_acc"]
     assert v.loc["student-kd T=4 a=0.9 p=0.5", "d_test_acc_vs_unpruned"] == pytest.approx(drop)
     assert "teacher" in t.pareto_size["variant"].tolist()  # the most accurate model is always on the front
-    assert t.by_prune["prune_amount"].tolist() == [0.0, 0.5]
+    assert t.by_prune["prune_amount"].unique().tolist() == [0.0, 0.5]
     md = (out / "tradeoffs.md").read_text()
     assert "6 variants (6 ok)" in md and "planned variants missing" not in md

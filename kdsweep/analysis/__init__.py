@@ -9,8 +9,10 @@ from .markdown import tradeoffs_markdown
 from .plots import metrics_grid, save_figure
 from .report import analyze, headline_table
 from .stats import describe, t_critical
-from .tables import Tables, marginal, pareto_front, results_frame, tradeoff_tables, variant_table
+from .tables import (Tables, fastest, latency_runtimes, marginal, pareto_front, results_frame, runtime_label,
+                     seed_rows, tradeoff_tables, variant_kind, variant_table)
 
-__all__ = ["Experiment", "Tables", "analyze", "describe", "headline_table", "load_experiment", "marginal",
-           "metrics_grid", "pareto_front", "results_frame", "save_figure", "t_critical", "tradeoff_tables",
-           "tradeoffs_markdown", "variant_table"]
+__all__ = ["Experiment", "Tables", "analyze", "describe", "fastest", "headline_table", "latency_runtimes",
+           "load_experiment", "marginal", "metrics_grid", "pareto_front", "results_frame", "runtime_label",
+           "save_figure", "seed_rows", "t_critical", "tradeoff_tables", "tradeoffs_markdown", "variant_kind",
+           "variant_table"]

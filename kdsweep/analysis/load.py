@@ -1,7 +1,11 @@
 """Read an experiment's result files (local path or any pyarrow.fs URI such as s3://) into one DataFrame.
 
-Reads Parquet with pyarrow directly instead of `kdsweep.results.read_results`: that module imports the checkpoint code
-(and so torch) at import time, and analysis must stay importable without the training stack.
+Reads Parquet with pyarrow directly instead of `kdsweep.results.read_results`, which stops at the first damaged file;
+here a damaged file becomes a flagged row. Only the column list comes from `kdsweep.results` (no torch there).
+
+A result file holds one row per (variant, seed, runtime, device); files written before runtimes existed hold one row
+per variant without the runtime columns, and `fill_defaults` gives them the values they implied (torch, fp32, L1
+unstructured pruning).
 """
 from __future__ import annotations
 
@@ -14,16 +18,18 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-STAGE_ORDER = {"teacher": 0, "baseline": 1, "student": 2, "pruned": 3}
+from ..results import COLUMNS
+
+STAGE_ORDER = {"teacher": 0, "baseline": 1, "student": 2, "pruned": 3, "quantized": 4}
 # statuses in the order a reader should see them; `unreadable` and `missing` are added by the analysis
 STATUS_ORDER = ("ok", "failed", "skipped", "unreadable", "missing")
-# the contract columns the analysis relies on (DESIGN.md "Results contract"); any others a file has are kept after
-COLUMNS = ("variant", "stage", "temperature", "alpha", "prune_amount", "seed", "test_acc",
-           "latency_ms", "latency_p90_ms", "latency_device", "size_mb", "size_nonzero_mb", "size_compressed_mb",
-           "params", "nonzero_params", "sparsity", "train_seconds", "status", "error", "key", "parent")
-FLOAT_COLUMNS = ("temperature", "alpha", "prune_amount", "test_acc", "latency_ms", "latency_p90_ms", "size_mb",
-                 "size_nonzero_mb", "size_compressed_mb", "sparsity", "train_seconds")
-INT_COLUMNS = ("seed", "params", "nonzero_params")
+# columns the analysis computes with, by type; a file without one (an older experiment) gets it empty
+FLOAT_COLUMNS = ("temperature", "alpha", "prune_amount", "test_acc", "latency_ms", "latency_p90_ms",
+                 "latency_ci95_ms", "size_mb", "size_nonzero_mb", "size_compressed_mb", "sparsity", "train_seconds",
+                 "onnx_max_abs_diff", "top1_agreement")
+INT_COLUMNS = ("seed", "params", "nonzero_params", "macs", "size_bytes", "latency_iters")
+TEXT_COLUMNS = ("runtime", "precision", "prune_method")
+UNSTRUCTURED, STRUCTURED = "l1_unstructured", "l1_structured"
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,14 @@ def variant_label(entry: dict) -> str:
         return "student-ce (no KD)"
     if stage in ("student", "pruned"):
         label = f"student-kd T={entry['temperature']:g} a={entry['alpha']:g}"
-        return label + (f" p={entry['prune_amount']:g}" if stage == "pruned" else "")
+        if stage == "pruned":
+            structured = " structured" if entry.get("prune_method") == STRUCTURED else ""
+            label += f" p={entry['prune_amount']:g}{structured}"
+        return label
+    if stage == "quantized":
+        parent = _parse_key(entry.get("parent") or "")
+        if "stage" in parent:
+            return f"{variant_label(parent)} int8"
     return str(entry.get("key", "?"))
 
 
@@ -135,35 +148,62 @@ def _flagged_row(key: str, entry: dict | None, error: str, shown: str) -> dict:
     """A stand-in row for a damaged file, with the grid coordinates taken from the plan (or the key) when known."""
     entry = dict(entry or _parse_key(key))
     entry.setdefault("key", key)
-    row = {c: entry.get(c) for c in ("stage", "temperature", "alpha", "prune_amount", "seed", "parent", "key")}
+    row = {c: entry.get(c) for c in ("stage", "temperature", "alpha", "prune_amount", "seed", "parent", "key",
+                                     "prune_method", "precision")}
     return {**row, "variant": variant_label(entry), "status": "unreadable", "error": error, "file": shown}
 
 
 def _parse_key(key: str) -> dict:
-    """Best-effort coordinates from a file name like pruned-T4-a0.9-p0.3-s0 (when plan.json is absent)."""
-    m = re.fullmatch(r"(teacher|baseline|student|pruned)(?:-T([\d.]+)-a([\d.]+))?(?:-p([\d.]+))?-s(\d+)", key)
+    """Best-effort coordinates from a file name like pruned-T4-a0.9-p0.3-structured-s0 (when plan.json is absent).
+
+    Keys mirror kdsweep.plan.Variant.key; an INT8 variant's key is `int8-` and its fp32 parent's key.
+    """
+    if key.startswith("int8-"):
+        parent = _parse_key(key[len("int8-"):])
+        if "stage" not in parent:
+            return {"key": key}
+        return {**parent, "key": key, "stage": "quantized", "parent": parent["key"], "precision": "int8"}
+    m = re.fullmatch(r"(teacher|baseline|student|pruned)(?:-T([\d.]+)-a([\d.]+))?(?:-p([\d.]+))?(-structured)?"
+                     r"-s(\d+)", key)
     if not m:
         return {"key": key}
-    stage, t, a, p, s = m.groups()
+    stage, t, a, p, structured, s = m.groups()
     f = lambda x: float(x) if x else None  # noqa: E731
-    return {"key": key, "stage": stage, "temperature": f(t), "alpha": f(a), "prune_amount": f(p), "seed": int(s)}
+    method = (STRUCTURED if structured else UNSTRUCTURED) if stage == "pruned" else None
+    return {"key": key, "stage": stage, "temperature": f(t), "alpha": f(a), "prune_amount": f(p), "seed": int(s),
+            "prune_method": method, "precision": "fp32"}
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
-    extra = [c for r in rows for c in r if c not in COLUMNS and c != "file"]
-    columns = [*COLUMNS, *dict.fromkeys(extra), "file"]
-    df = pd.DataFrame(rows, columns=columns)
+    extra = [c for r in rows for c in r if c != "file"]
+    df = pd.DataFrame(rows, columns=[*dict.fromkeys([*COLUMNS, *extra]), "file"])
+    return sort_rows(fill_defaults(df)).reset_index(drop=True)
+
+
+def fill_defaults(df: pd.DataFrame) -> pd.DataFrame:
+    """Typed analysis columns, and the runtime / precision / prune method that rows from older experiments imply."""
+    df = df.copy()
+    for c in (*FLOAT_COLUMNS, *INT_COLUMNS, *TEXT_COLUMNS):
+        if c not in df:
+            df[c] = pd.Series(None, index=df.index, dtype=object)
     for c in FLOAT_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
     for c in INT_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
-    return sort_rows(df).reset_index(drop=True)
+    for c in TEXT_COLUMNS:
+        df[c] = df[c].astype(object).where(df[c].notna(), None)
+    # before runtimes were recorded, latency was always eager PyTorch, models fp32, and pruning L1 unstructured
+    df.loc[df["runtime"].isna() & df["latency_ms"].notna(), "runtime"] = "torch"
+    df.loc[df["precision"].isna(), "precision"] = df["stage"].map({"quantized": "int8"}).fillna("fp32")
+    df.loc[df["prune_method"].isna() & (df["stage"] == "pruned"), "prune_method"] = UNSTRUCTURED
+    return df
 
 
 def sort_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows in reading order: teacher, baseline, KD students, pruned; then by T, alpha, p, seed."""
+    """Rows in reading order: teacher, baseline, KD students, pruned, int8; then by T, alpha, p, seed, runtime."""
     if df.empty:
         return df
     order = df["stage"].map(STAGE_ORDER).fillna(len(STAGE_ORDER))
-    keys = [c for c in ("temperature", "alpha", "prune_amount", "seed", "variant") if c in df]
+    keys = [c for c in ("temperature", "alpha", "prune_amount", "seed", "variant", "runtime", "latency_device")
+            if c in df]
     return df.assign(_o=order).sort_values(["_o", *keys], na_position="first", kind="stable").drop(columns="_o")

@@ -1,4 +1,4 @@
-"""metrics_grid.png: accuracy heatmaps over T x alpha (unpruned and per p) and the two trade-off scatters.
+"""metrics_grid.png: accuracy heatmaps over T x alpha (per kind and p), the trade-off scatters, latency by runtime.
 
 Figures are built with the object-oriented API on an Agg canvas, never through pyplot, so saving works headless and
 leaves a notebook's own backend alone.
@@ -14,32 +14,45 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from .tables import Tables, pareto_front
+from .load import STRUCTURED
+from .tables import KINDS, PARETO_AXES, Tables, pareto_front
 
 DPI = 150
+HEAT_COLUMNS = 5  # heatmap panels per row: a sweep with many p values and INT8 variants wraps instead of widening
 STYLE = {  # how each stage is drawn in the scatters; teacher and baseline stand out on purpose
     "teacher": dict(marker="*", s=320, color="#d62728", edgecolor="black", zorder=5),
     "baseline": dict(marker="X", s=170, color="#222222", edgecolor="white", zorder=5),
     "student": dict(marker="o", s=60, color="#1f77b4", edgecolor="white", zorder=4),
+    "int8": dict(marker="d", s=80, color="#9467bd", edgecolor="white", zorder=4),
 }
 PRUNED_MARKERS = ("s", "D", "^", "v", "P", "h", "<", ">")
+# colour maps of the pruned points by p: warm for unstructured (masks), cool for structured (channels removed)
+PRUNED_CMAPS = {"unstructured": "autumn_r", "structured": "winter_r"}
+KIND_NAMES = {"teacher": "teacher", "baseline": "no-KD baseline", "student": "KD student",
+              "unstructured": "unstructured", "structured": "structured", "int8": "INT8"}
+RUNTIME_COLORS = {"onnxruntime-cuda": "#2ca02c", "onnxruntime-cpu": "#1f77b4", "torch-cuda": "#d62728",
+                  "torch-cpu": "#ff7f0e", "tensorrt": "#9467bd"}
 
 
 def metrics_grid(t: Tables) -> Figure:
-    """The summary figure: heatmaps (top row), accuracy vs non-zero size and vs latency (bottom row)."""
+    """The summary figure: heatmaps (top), accuracy vs non-zero size and vs latency, latency by runtime (bottom)."""
     v = t.variants
     ok = v[v["n"] > 0] if not v.empty else v
     panels = _heat_panels(v)
-    width = max(16.0, 4.2 * max(len(panels), 1) + 1.5)
-    fig = Figure(figsize=(width, 13.5), dpi=DPI, layout="constrained")
+    heat_rows = max(1, -(-len(panels) // HEAT_COLUMNS))
+    width = max(16.0, 4.2 * min(max(len(panels), 1), HEAT_COLUMNS) + 1.5)
+    fig = Figure(figsize=(width, 13.5 + 5.0 * heat_rows), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.2], hspace=0.04)
-    _heatmaps(top, v, panels)
-    ax_size, ax_lat = bottom.subplots(1, 2)
-    devices = ", ".join(sorted({d for s in ok.get("latency_device", pd.Series()).dropna() for d in s.split(", ")}))
+    top, middle, bottom = fig.subfigures(3, 1, height_ratios=[heat_rows, 1.2, 0.9], hspace=0.04)
+    _heatmaps(top, panels)
+    ax_size, ax_lat = middle.subplots(1, 2)
+    headline = t.latency_runtimes[t.latency_runtimes["headline"]]
+    runtimes = ", ".join(f"{rt} on {', '.join(dict.fromkeys(g['latency_device']))}"
+                         for rt, g in headline.groupby("latency_runtime", sort=False))
     _scatter(ax_size, ok, "size_nonzero_mb", "Non-zero parameter size (MB, log scale)", "Accuracy vs non-zero size")
-    _scatter(ax_lat, ok, "latency_ms", f"Batch-1 latency, median (ms) on {devices or 'unknown device'}",
+    _scatter(ax_lat, ok, "latency_ms", f"Batch-1 latency, median (ms): {runtimes or 'no runtime'}",
              "Accuracy vs latency")
+    _runtime_panel(bottom.subplots(), t)
     seeds = t.experiment.rows["seed"].dropna().nunique()
     title = f"{t.experiment.name}: {len(ok)} of {len(v)} variants ok, {seeds} seed{'s' if seeds != 1 else ''}"
     if t.missing_note:
@@ -54,22 +67,31 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> None:
 
 
 def _heat_panels(v: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """One T x alpha panel per kind of student: unpruned, each (method, p), and the INT8 ones of each."""
     if v.empty:
         return []
-    panels = [("KD students (unpruned)", v[v["stage"] == "student"])]
-    pruned = v[v["stage"] == "pruned"]
-    amounts = sorted(pruned["prune_amount"].dropna().unique())
-    panels += [(f"pruned p = {p:g}", pruned[pruned["prune_amount"] == p]) for p in amounts]
+    grid = v[v["temperature"].notna() & v["alpha"].notna()]
+    panels = []
+    for int8 in (False, True):
+        part = grid[(grid["kind"] == "int8") == int8]
+        dense = part[part["prune_amount"].isna()]
+        panels.append((("INT8 " if int8 else "") + "KD students (unpruned)", dense))
+        pruned = part[part["prune_amount"].notna()]
+        structured = pruned["prune_method"] == STRUCTURED
+        for p in sorted(pruned["prune_amount"].unique()):
+            at_p = pruned["prune_amount"] == p
+            panels.append((("INT8 " if int8 else "") + f"pruned p = {p:g}", pruned[at_p & ~structured]))
+            panels.append((("INT8 " if int8 else "") + f"pruned p = {p:g} structured", pruned[at_p & structured]))
     return [(title, g) for title, g in panels if not g.empty]
 
 
-def _heatmaps(sub, v: pd.DataFrame, panels: list[tuple[str, pd.DataFrame]]) -> None:  # noqa: ANN001
+def _heatmaps(sub, panels: list[tuple[str, pd.DataFrame]]) -> None:  # noqa: ANN001
     if not panels:
         ax = sub.subplots()
         ax.axis("off")
         ax.text(0.5, 0.5, "no KD or pruned students in this experiment", ha="center", va="center", fontsize=14)
         return
-    grid = v[v["stage"].isin(["student", "pruned"])]
+    grid = pd.concat([g for _, g in panels])
     temps = sorted(grid["temperature"].dropna().unique())
     alphas = sorted(grid["alpha"].dropna().unique())
     accs = grid.loc[grid["n"] > 0, "test_acc_mean"] * 100
@@ -77,7 +99,11 @@ def _heatmaps(sub, v: pd.DataFrame, panels: list[tuple[str, pd.DataFrame]]) -> N
     norm = Normalize(accs.min() if len(accs) else 0, accs.max() if len(accs) else 100)
     if norm.vmin == norm.vmax:
         norm = Normalize(norm.vmin - 0.5, norm.vmax + 0.5)
-    axes = np.atleast_1d(sub.subplots(1, len(panels), sharey=True))
+    rows, cols = -(-len(panels) // HEAT_COLUMNS), min(len(panels), HEAT_COLUMNS)
+    axes = np.atleast_1d(sub.subplots(rows, cols, sharey=True, squeeze=False).ravel())
+    for ax in axes[len(panels):]:
+        ax.axis("off")
+    axes = axes[:len(panels)]
     image = None
     for ax, (title, g) in zip(axes, panels):
         values = np.full((len(temps), len(alphas)), np.nan)
@@ -100,7 +126,8 @@ def _heatmaps(sub, v: pd.DataFrame, panels: list[tuple[str, pd.DataFrame]]) -> N
         ax.set_yticks(range(len(temps)), [f"{x:g}" for x in temps], fontsize=11)
         ax.set_xlabel("alpha (weight of the KD loss)", fontsize=11)
         ax.set_title(title, fontsize=13)
-    axes[0].set_ylabel("temperature T", fontsize=11)
+    for ax in axes[::cols]:
+        ax.set_ylabel("temperature T", fontsize=11)
     cbar = sub.colorbar(image, ax=list(axes), shrink=0.9, pad=0.01)
     cbar.set_label("test accuracy (%)", fontsize=11)
     sub.suptitle("Test accuracy (%) over T × alpha" + (" (mean, ± std over seeds)" if (grid["n"] > 1).any() else ""),
@@ -114,17 +141,18 @@ def _scatter(ax, ok: pd.DataFrame, metric: str, xlabel: str, title: str) -> None
         ax.axis("off")
         ax.text(0.5, 0.5, "no ok variants", ha="center", va="center", fontsize=14)
         return
-    pruned = ok[ok["stage"] == "pruned"]
-    amounts = sorted(pruned["prune_amount"].dropna().unique())
-    colors = _pruned_colors(len(amounts))
-    groups = [(stage, ok[ok["stage"] == stage], STYLE[stage], stage_label) for stage, stage_label in
-              (("student", "KD student (unpruned)"),)]
-    groups += [("pruned", pruned[pruned["prune_amount"] == p],
-                dict(marker=PRUNED_MARKERS[k % len(PRUNED_MARKERS)], s=60, color=colors[k], edgecolor="white",
-                     zorder=4), f"KD student, pruned p={p:g}") for k, p in enumerate(amounts)]
-    groups += [(stage, ok[ok["stage"] == stage], STYLE[stage], stage_label) for stage, stage_label in
-               (("baseline", "no-KD baseline"), ("teacher", "teacher"))]
-    for _, g, style, label in groups:
+    groups = [("KD student (unpruned)", ok[ok["kind"] == "student"], STYLE["student"])]
+    for kind, method in (("unstructured", "pruned"), ("structured", "structured")):
+        pruned = ok[ok["kind"] == kind]
+        amounts = sorted(pruned["prune_amount"].dropna().unique())
+        colors = _pruned_colors(len(amounts), PRUNED_CMAPS[kind])
+        groups += [(f"KD student, {method} p={p:g}", pruned[pruned["prune_amount"] == p],
+                    dict(marker=PRUNED_MARKERS[k % len(PRUNED_MARKERS)], s=60, color=colors[k], edgecolor="white",
+                         zorder=4)) for k, p in enumerate(amounts)]
+    groups += [("INT8 (ONNX Runtime)", ok[ok["kind"] == "int8"], STYLE["int8"]),
+               ("no-KD baseline", ok[ok["kind"] == "baseline"], STYLE["baseline"]),
+               ("teacher", ok[ok["kind"] == "teacher"], STYLE["teacher"])]
+    for label, g, style in groups:
         if g.empty:
             continue
         x, y = g[x_col].to_numpy(float), g[y_col].to_numpy(float) * 100
@@ -133,7 +161,8 @@ def _scatter(ax, ok: pd.DataFrame, metric: str, xlabel: str, title: str) -> None
                         yerr=g["test_acc_std"].fillna(0).to_numpy(float) * 100,
                         fmt="none", ecolor=style["color"], alpha=0.6, capsize=3, zorder=3)
         ax.scatter(x, y, label=label, linewidths=0.8, **style)
-    front = pareto_front(ok, x_col)
+    spread = dict(PARETO_AXES.values()).get(x_col)
+    front = pareto_front(ok, x_col, spread=spread)
     fx, fy = front[x_col].to_numpy(float), front[y_col].to_numpy(float) * 100
     # steps-post: each front point's accuracy holds until the next, cheaper-is-left point takes over
     ax.plot(np.append(fx, ok[x_col].max() * 1.02), np.append(fy, fy[-1]), drawstyle="steps-post", color="#555555",
@@ -157,18 +186,60 @@ def _scatter(ax, ok: pd.DataFrame, metric: str, xlabel: str, title: str) -> None
     ax.legend(fontsize=10, loc="best", framealpha=0.9)
 
 
+def _runtime_panel(ax, t: Tables) -> None:  # noqa: ANN001
+    """Latency of every variant on every runtime, grouped by kind: one colour per runtime, a bar at each median."""
+    lat = t.latency_runtimes
+    if lat.empty:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no latency measured", ha="center", va="center", fontsize=14)
+        return
+    kinds = [k for k in KINDS if (lat["kind"] == k).any()]
+    runtimes = list(t.latency_by_runtime.columns)
+    width = 0.8 / len(runtimes)
+    rng = np.random.default_rng(0)  # a fixed horizontal jitter so identical latencies stay visible
+    for j, rt in enumerate(runtimes):
+        color = RUNTIME_COLORS.get(rt, f"C{j}")
+        of_rt = lat[lat["latency_runtime"] == rt]
+        label = f"{rt} ({', '.join(of_rt['latency_device'].unique())})"
+        for i, kind in enumerate(kinds):
+            g = of_rt[of_rt["kind"] == kind]
+            if g.empty:
+                continue
+            x0 = i - 0.4 + width * (j + 0.5)
+            xs = x0 + rng.uniform(-0.3, 0.3, len(g)) * width
+            ax.errorbar(xs, g["latency_ms_mean"], yerr=g["latency_spread_ms"].fillna(0), fmt="o", color=color,
+                        markersize=5, alpha=0.8, capsize=2, label=label)
+            label = None  # one legend entry per runtime
+            ax.hlines(g["latency_ms_mean"].median(), x0 - width * 0.45, x0 + width * 0.45, color=color, linewidth=3)
+    ax.set_xticks(range(len(kinds)), [KIND_NAMES[k] for k in kinds], fontsize=11)
+    values = lat["latency_ms_mean"]
+    if values.max() > 4 * values.min():
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylabel("batch-1 latency, median (ms)", fontsize=12)
+    ax.set_title("Latency by runtime (dots: variants ± noise; bar: median of the kind)", fontsize=13)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.tick_params(labelsize=11)
+    ax.legend(fontsize=10, loc="best", framealpha=0.9)
+
+
 def _short(r) -> str:  # noqa: ANN001
-    """A compact point label for the plots: teacher, no-KD, T4 a0.9, T4 a0.9 p0.3."""
-    if r.stage == "teacher":
-        return "teacher"
-    if r.stage == "baseline":
-        return "no-KD"
-    label = f"T{r.temperature:g} a{r.alpha:g}"
-    return label + (f" p{r.prune_amount:g}" if r.stage == "pruned" else "")
+    """A compact point label for the plots: teacher, no-KD, T4 a0.9, T4 a0.9 p0.3, T4 a0.9 p0.3s, ... int8."""
+    if r.stage == "teacher" or (r.kind == "int8" and r.variant.startswith("teacher")):
+        label = "teacher"
+    elif r.stage == "baseline" or (r.kind == "int8" and pd.isna(r.temperature)):
+        label = "no-KD"
+    else:
+        label = f"T{r.temperature:g} a{r.alpha:g}"
+        if pd.notna(r.prune_amount):
+            label += f" p{r.prune_amount:g}" + ("s" if r.prune_method == STRUCTURED else "")
+    return label + (" int8" if r.kind == "int8" else "")
 
 
-def _pruned_colors(k: int) -> list:
+def _pruned_colors(k: int, name: str) -> list:
     from matplotlib import colormaps
 
-    cmap = colormaps["autumn_r"]
+    cmap = colormaps[name]
     return [cmap(0.35 + 0.65 * i / max(k - 1, 1)) for i in range(k)]

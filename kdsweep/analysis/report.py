@@ -9,9 +9,9 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from .load import Experiment, join, load_experiment, resolve
-from .markdown import num, pm, tradeoffs_markdown
+from .markdown import num, pm, text, tradeoffs_markdown
 from .plots import metrics_grid, save_figure
-from .tables import Tables, results_frame, tradeoff_tables
+from .tables import Tables, fastest, results_frame, tradeoff_tables
 
 OUTPUTS = ("results.csv", "tradeoffs.md", "metrics_grid.png")
 
@@ -37,7 +37,7 @@ def analyze(experiment_dir: str | os.PathLike, out_dir: str | os.PathLike | None
 
 
 def headline_table(data: pd.DataFrame | Experiment | Tables) -> str:
-    """A short fixed-width summary for a terminal: references, best students, Pareto members, and any warnings.
+    """A short fixed-width summary for a terminal: references, best of each kind, Pareto members, and any warnings.
 
     `data` is the raw result rows (as from `kdsweep.results.read_results` or `load_experiment(...).rows`), a loaded
     Experiment, or its Tables; only the latter two know about missing planned variants and unreadable files.
@@ -55,23 +55,41 @@ def headline_table(data: pd.DataFrame | Experiment | Tables) -> str:
         for label in frame["variant"]:
             picks.setdefault(label, []).append(role)
 
-    pick(ok[ok["stage"] == "teacher"].head(1), "teacher")
-    pick(ok[ok["stage"] == "baseline"].head(1), "no-KD baseline")
-    for stage, role in (("student", "best KD"), ("pruned", "best pruned")):
-        s = ok[ok["stage"] == stage]
+    pick(ok[ok["kind"] == "teacher"].head(1), "teacher")
+    pick(ok[ok["kind"] == "baseline"].head(1), "no-KD baseline")
+    # "best pruned" unless structured pruning is there too, then each method has its own
+    unstructured = "best unstructured" if (ok["kind"] == "structured").any() else "best pruned"
+    for kind, role in (("student", "best KD"), ("unstructured", unstructured), ("structured", "best structured"),
+                       ("int8", "best int8")):
+        s = ok[ok["kind"] == kind]
         pick(s.sort_values(["test_acc_mean", "size_nonzero_mb_mean"], ascending=[False, True]).head(1), role)
     pick(t.pareto_size, "Pareto size")
+    pick(t.pareto_bytes, "Pareto file")
     pick(t.pareto_latency, "Pareto latency")
+    quickest = fastest(ok)
+    if len(quickest) == 1:  # several whose latencies overlap within the noise are a tie: none is named
+        pick(quickest, "fastest")
+    runtimes = ok["latency_runtime"].dropna().unique()
     w = max([len("variant"), *map(len, picks)])
     rw = max(len(", ".join(roles)) for roles in picks.values()) + 2
-    lines = [f"{'variant':<{w}}  {'role':<{rw}}{'n':>3}{'acc %':>15}{'lat ms':>9}{'nz MB':>9}{'Δacc pp':>9}"]
+    ew = max([len("runtime"), *map(len, runtimes)]) + 2 if len(runtimes) > 1 else 0
+    lines = [f"{'variant':<{w}}  {'role':<{rw}}{'n':>3}{'acc %':>15}{'lat ms':>9}{'  runtime' if ew else '':<{ew}}"
+             f"{'nz MB':>9}{'Δacc pp':>9}"]
     for label, roles in picks.items():
         r = v[v["variant"] == label].iloc[0]
+        runtime = f"  {text(r.latency_runtime)}" if ew else ""
         lines.append(f"{label:<{w}}  {', '.join(roles):<{rw}}{r.n:>3}{pm(r.test_acc_mean, r.test_acc_std, 2, 100):>15}"
-                     f"{num(r.latency_ms_mean, 3):>9}{num(r.size_nonzero_mb_mean):>9}"
+                     f"{num(r.latency_ms_mean, 3):>9}{runtime:<{ew}}{num(r.size_nonzero_mb_mean):>9}"
                      f"{num(r.get('d_test_acc_vs_teacher'), 2, 100, True):>9}")
     counts = ", ".join(f"{c} {s}" for s, c in v["status"].value_counts().items())
     lines.append(f"{len(v)} variants: {counts}; Δacc pp is versus the teacher")
+    if len(runtimes):
+        where = t.latency_runtimes[t.latency_runtimes["headline"]].groupby("latency_runtime", sort=False)
+        shown = [f"{rt} ({', '.join(dict.fromkeys(g['latency_device']))})" for rt, g in where]
+        lines.append(f"latency: batch-1 median on {', '.join(shown)}")
+    if len(quickest) > 1:
+        lines.append(f"fastest: a tie within the latency noise between {len(quickest)} variants "
+                     f"({num(quickest['latency_ms_mean'].min(), 3)}–{num(quickest['latency_ms_mean'].max(), 3)} ms)")
     not_ok = v[v["status"] != "ok"]
     if len(not_ok):
         lines.append("not ok: " + "; ".join(f"{r.variant} ({r.status})" for r in not_ok.head(8).itertuples())

@@ -1,4 +1,8 @@
-"""Trade-off tables as DataFrames: per-variant mean ± std over seeds, deltas, per-axis marginals, Pareto fronts."""
+"""Trade-off tables as DataFrames: per-variant mean ± std over seeds, deltas, per-axis marginals, Pareto fronts.
+
+Result files hold one row per (variant, seed, runtime, device). The per-variant tables take each variant's latency from
+one headline runtime (`seed_rows`); `latency_runtimes` keeps every runtime, for comparing them.
+"""
 from __future__ import annotations
 
 import os
@@ -7,16 +11,27 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .load import STATUS_ORDER, Experiment, load_experiment, sort_rows, variant_label
+from .load import (STATUS_ORDER, STRUCTURED, UNSTRUCTURED, Experiment, fill_defaults, load_experiment, sort_rows,
+                   variant_label)
 from .stats import describe
 
 # per-seed numbers that get mean / std / 95 % CI per variant
-METRICS = ("test_acc", "latency_ms", "latency_p90_ms", "size_mb", "size_nonzero_mb", "size_compressed_mb", "sparsity")
-# what the deltas are taken of, and against what
+METRICS = ("test_acc", "latency_ms", "latency_p90_ms", "latency_ci95_ms", "size_mb", "size_nonzero_mb",
+           "size_compressed_mb", "size_bytes", "macs", "sparsity", "onnx_max_abs_diff", "top1_agreement")
+# the columns that differ between the rows of one variant and seed: they come from the runtime that was picked
+LATENCY_COLUMNS = ("runtime", "latency_device", "latency_ms", "latency_p90_ms", "latency_ci95_ms", "latency_iters",
+                   "latency_runtime")
+# what the deltas are taken of, and against what; `parent` is an INT8 variant's fp32 source
 DELTA_METRICS = ("test_acc", "latency_ms", "size_nonzero_mb")
-REFERENCES = ("teacher", "baseline", "unpruned")
-# the two trade-offs: accuracy up against latency down, and against non-zero size down
-PARETO_AXES = {"latency": "latency_ms_mean", "size": "size_nonzero_mb_mean"}
+PARENT_DELTA_METRICS = ("test_acc", "latency_ms", "size_mb", "size_nonzero_mb", "size_bytes")
+REFERENCES = ("teacher", "baseline", "unpruned", "parent")
+# the headline latency of a variant: ONNX Runtime where it was measured (the deployment path), else eager PyTorch
+RUNTIME_ORDER = ("onnxruntime-cuda", "onnxruntime-cpu", "torch-cuda", "torch-cpu", "tensorrt")
+# the trade-offs: accuracy up against latency down, non-zero size down, and ONNX file bytes down;
+# axis -> (cost column, column of its noise half-width or None for exact costs)
+PARETO_AXES = {"latency": ("latency_ms_mean", "latency_spread_ms"), "size": ("size_nonzero_mb_mean", None),
+               "bytes": ("size_bytes_mean", None)}
+KINDS = ("teacher", "baseline", "student", "unstructured", "structured", "int8")
 # the first columns of results.csv are the reference notebook's table; the rest follow under their contract names
 CSV_HEAD = {"variant": "Variant", "test_acc": "Accuracy", "latency_ms": "LatencyMs", "size_mb": "SizeMB"}
 
@@ -29,9 +44,12 @@ class Tables:
     variants: pd.DataFrame  # one row per variant label: status, n, <metric>_mean/_std/_ci95, deltas, pareto flags
     by_temperature: pd.DataFrame
     by_alpha: pd.DataFrame
-    by_prune: pd.DataFrame
+    by_prune: pd.DataFrame  # by (prune_method, prune_amount); p = 0 is the unpruned KD students
     pareto_latency: pd.DataFrame
     pareto_size: pd.DataFrame
+    pareto_bytes: pd.DataFrame  # on the ONNX file's bytes; empty when no variant was exported
+    latency_runtimes: pd.DataFrame  # one row per variant and runtime label: median ms over seeds, noise, headline
+    runtime: str | None = None  # the runtime label a caller forced, or None for each variant's headline runtime
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -45,117 +63,275 @@ class Tables:
         cols = [c for c in self.variants if c.startswith("d_")]
         return self.variants[["variant", "stage", "status", "n", *cols]]
 
+    @property
+    def latency_by_runtime(self) -> pd.DataFrame:
+        """Variant x runtime label -> median latency in ms (mean over seeds); NaN where not measured."""
+        lat = self.latency_runtimes
+        if lat.empty:
+            return pd.DataFrame(index=pd.Index([], name="variant"))
+        wide = lat.pivot_table(index="variant", columns="latency_runtime", values="latency_ms_mean", sort=False)
+        order = [v for v in self.variants["variant"] if v in wide.index]
+        return wide.loc[order, sorted(wide.columns, key=runtime_rank)]
 
-def tradeoff_tables(experiment: Experiment | str | os.PathLike) -> Tables:
-    """All trade-off tables of an experiment (a loaded Experiment or its folder / URI)."""
+
+def tradeoff_tables(experiment: Experiment | str | os.PathLike, runtime: str | None = None) -> Tables:
+    """All trade-off tables of an experiment (a loaded Experiment or its folder / URI).
+
+    Latency is each variant's headline runtime (see RUNTIME_ORDER) unless `runtime` names one runtime label
+    (`onnxruntime-cpu`, `torch-cuda`, ...) or runtime (`torch`) to use for every variant.
+    """
     exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
     planned = {p["key"]: p for p in exp.planned if "key" in p}
-    variants = variant_table(exp.rows, [planned[k] for k in exp.missing])
+    variants = variant_table(exp.rows, [planned[k] for k in exp.missing], runtime=runtime)
     notes = [n for n in [exp.missing_note] if n]
     notes += [f"unreadable result file: {u}" for u in exp.unreadable]
-    rows = exp.rows
+    timed = variants.loc[variants["n"] > 0, "latency_runtime"].dropna() if len(variants) else pd.Series([], dtype=str)
+    if timed.nunique() > 1:
+        counts = ", ".join(f"{r} for {c}" for r, c in timed.value_counts().items())
+        notes.append(f"headline latency runtimes differ between variants ({counts}): the latency front compares "
+                     "across runtimes; see Latency by runtime, or pass one runtime")
+    rows = seed_rows(exp.rows, runtime)
+    fronts = {name: pareto_front(variants, x, spread=s) if x in variants else variants
+              for name, (x, s) in PARETO_AXES.items()}
     return Tables(experiment=exp, variants=variants,
                   by_temperature=marginal(rows, "temperature"), by_alpha=marginal(rows, "alpha"),
-                  by_prune=marginal(rows, "prune_amount"),
-                  pareto_latency=pareto_front(variants, PARETO_AXES["latency"]),
-                  pareto_size=pareto_front(variants, PARETO_AXES["size"]), notes=notes)
+                  by_prune=marginal(rows, "prune_amount"), pareto_latency=fronts["latency"],
+                  pareto_size=fronts["size"], pareto_bytes=fronts["bytes"],
+                  latency_runtimes=latency_runtimes(exp.rows, variants), runtime=runtime, notes=notes)
 
 
-def variant_table(rows: pd.DataFrame, missing: list[dict] | None = None) -> pd.DataFrame:
+def runtime_label(runtime: object, device: object) -> str | None:
+    """'onnxruntime-cpu', 'onnxruntime-cuda', 'tensorrt', or 'torch-cpu' / 'torch-cuda' (torch runs on both)."""
+    if not isinstance(runtime, str):
+        return None
+    if runtime != "torch":
+        return runtime
+    return "torch-cuda" if isinstance(device, str) and device.startswith("cuda") else "torch-cpu"
+
+
+def runtime_rank(label: object) -> int:
+    """Position of a runtime label in RUNTIME_ORDER (unknown labels last)."""
+    return RUNTIME_ORDER.index(label) if label in RUNTIME_ORDER else len(RUNTIME_ORDER)
+
+
+def variant_kind(stage: object, prune_method: object, precision: object) -> str | None:
+    """teacher | baseline | student | unstructured | structured | int8 (what a variant is, for grouping)."""
+    if precision == "int8" or stage == "quantized":
+        return "int8"
+    if stage == "pruned":
+        return "structured" if prune_method == STRUCTURED else "unstructured"
+    return stage if isinstance(stage, str) else None
+
+
+def seed_rows(rows: pd.DataFrame, runtime: str | None = None) -> pd.DataFrame:
+    """One row per (variant, seed): its training columns, and the latency of the variant's headline runtime.
+
+    The headline runtime is the first of RUNTIME_ORDER that any ok seed of the variant was timed on, so all seeds of
+    a variant use one runtime; `runtime` (a label or a runtime name) forces one instead. A seed without that
+    runtime gets no latency. Applying this to its own output returns the same rows.
+    """
+    if rows.empty:
+        return rows.assign(latency_runtime=pd.Series(dtype=object), kind=pd.Series(dtype=object))
+    rows = fill_defaults(rows)
+    rows["latency_runtime"] = [runtime_label(r, d) for r, d in zip(rows["runtime"], rows["latency_device"])]
+    rows["kind"] = [variant_kind(*k) for k in zip(rows["stage"], rows["prune_method"], rows["precision"])]
+    timed = rows[(rows["status"] == "ok") & rows["latency_ms"].notna() & rows["latency_runtime"].notna()]
+    if runtime is not None:
+        hit = (timed["latency_runtime"] == runtime) | (timed["runtime"] == runtime)
+        if len(timed) and not hit.any():
+            have = ", ".join(sorted(set(timed["latency_runtime"]), key=runtime_rank))
+            raise ValueError(f"no latency measured with runtime {runtime!r}; this experiment has: {have}")
+        timed = timed[hit]
+    timed = timed.assign(_rank=timed["latency_runtime"].map(runtime_rank)).sort_values("_rank", kind="stable")
+    headline = timed.groupby("variant", sort=False)["latency_runtime"].first()
+    picked = timed[timed["latency_runtime"] == timed["variant"].map(headline)]
+    ident = lambda df: df["variant"].astype(str) + "\0" + df["seed"].astype(str)  # noqa: E731 -- NA seeds match too
+    latency = picked.assign(_id=ident(picked)).drop_duplicates("_id").set_index("_id")
+    out = rows.assign(_id=ident(rows)).drop_duplicates("_id").set_index("_id")
+    for c in LATENCY_COLUMNS:
+        out[c] = latency[c].reindex(out.index) if len(latency) else None
+    return fill_defaults(out.reset_index(drop=True))
+
+
+def variant_table(rows: pd.DataFrame, missing: list[dict] | None = None, runtime: str | None = None) -> pd.DataFrame:
     """One row per variant label over its seeds; metrics from ok rows only, every status kept and counted."""
     extra = [{"variant": variant_label(m), "stage": m.get("stage"), "temperature": m.get("temperature"),
               "alpha": m.get("alpha"), "prune_amount": m.get("prune_amount"), "seed": m.get("seed"),
-              "key": m.get("key"), "status": "missing"} for m in (missing or [])]
-    frames = [f for f in (rows, pd.DataFrame(extra)) if not f.empty]
-    allrows = pd.concat(frames, ignore_index=True) if frames else rows
+              "key": m.get("key"), "parent": m.get("parent"), "prune_method": m.get("prune_method"),
+              "precision": m.get("precision"), "status": "missing"} for m in (missing or [])]
+    extra = pd.DataFrame(extra, columns=list(dict.fromkeys([*rows.columns, *(extra[0] if extra else {})])))
+    frames = [f for f in (rows, extra) if not f.empty]
+    raw = pd.concat(frames, ignore_index=True) if frames else rows
+    allrows = seed_rows(raw, runtime)
+    labels = dict(zip(allrows["key"], allrows["variant"])) if "key" in allrows else {}
     out = []
     for label, g in allrows.groupby("variant", sort=False, dropna=False):
         ok = g[g["status"] == "ok"]
         first = g.iloc[0]
-        rec = {"variant": label, "stage": first["stage"], "temperature": first["temperature"],
-               "alpha": first["alpha"], "prune_amount": first["prune_amount"], "status": _status(g["status"]),
+        parents = [labels[k] for k in g["parent"].dropna() if k in labels] if first["stage"] == "quantized" else []
+        rec = {"variant": label, "stage": first["stage"], "kind": first["kind"],
+               "temperature": first["temperature"], "alpha": first["alpha"], "prune_amount": first["prune_amount"],
+               "prune_method": first["prune_method"], "precision": first["precision"],
+               "parent": parents[0] if parents else None, "status": _status(g["status"]),
                "n": len(ok), "seeds": len(g), "error": _errors(g)}
         for m in METRICS:
-            mean, std, ci, _ = describe(ok[m]) if m in ok else (np.nan, np.nan, np.nan, 0)
+            mean, std, ci, _ = describe(ok[m].astype(float))  # Int64 columns: NA -> NaN
             rec.update({f"{m}_mean": mean, f"{m}_std": std, f"{m}_ci95": ci})
-        devices = ok["latency_device"].dropna().unique() if "latency_device" in ok else []
-        rec["latency_device"] = ", ".join(map(str, devices)) or None
+        rec["latency_spread_ms"] = latency_spread(rec["latency_ci95_ms_mean"], rec["latency_ms_std"])
+        rec["latency_runtime"] = next(iter(ok["latency_runtime"].dropna()), None)
+        rec["latency_device"] = ", ".join(map(str, ok["latency_device"].dropna().unique())) or None
         out.append(rec)
     table = sort_rows(pd.DataFrame(out)) if out else pd.DataFrame(columns=["variant", "stage", "status", "n"])
-    table = add_deltas(table.reset_index(drop=True))
-    for name, x in PARETO_AXES.items():
-        front = pareto_front(table, x) if len(table) else table
+    table = add_deltas(table.reset_index(drop=True), latency_runtimes(raw, table) if out else None)
+    for name, (x, spread) in PARETO_AXES.items():
+        front = pareto_front(table, x, spread=spread) if len(table) else table
         table[f"pareto_{name}"] = table.index.isin(front.index)
     return table
 
 
-def add_deltas(table: pd.DataFrame) -> pd.DataFrame:
-    """d_<metric>_vs_{teacher,baseline,unpruned}: variant mean minus the reference's mean (NaN if none/self)."""
+def latency_runtimes(rows: pd.DataFrame, variants: pd.DataFrame) -> pd.DataFrame:
+    """One row per (variant, runtime label) that was timed: median ms over ok seeds, its noise, and `headline`."""
+    cols = ["variant", "kind", "latency_runtime", "runtime", "latency_device", "n", "latency_ms_mean",
+            "latency_ms_std", "latency_ms_ci95", "latency_ci95_ms_mean", "latency_spread_ms", "headline"]
+    if rows.empty or variants.empty:
+        return pd.DataFrame(columns=cols).astype({"headline": bool})
+    rows = fill_defaults(rows)
+    label = pd.Series([runtime_label(r, d) for r, d in zip(rows["runtime"], rows["latency_device"])], index=rows.index)
+    timed = rows.assign(latency_runtime=label)
+    timed = timed[(timed["status"] == "ok") & timed["latency_ms"].notna() & timed["latency_runtime"].notna()]
+    order = {v: i for i, v in enumerate(variants["variant"])}
+    headline = dict(zip(variants["variant"], variants["latency_runtime"]))
+    kinds = dict(zip(variants["variant"], variants["kind"]))
+    out = []
+    for (variant, rt), g in timed.groupby(["variant", "latency_runtime"], sort=False):
+        mean, std, ci, n = describe(g["latency_ms"])
+        within = describe(g["latency_ci95_ms"])[0]
+        out.append({"variant": variant, "kind": kinds.get(variant), "latency_runtime": rt,
+                    "runtime": g["runtime"].iloc[0],
+                    "latency_device": ", ".join(g["latency_device"].astype(str).unique()),
+                    "n": n, "latency_ms_mean": mean, "latency_ms_std": std, "latency_ms_ci95": ci,
+                    "latency_ci95_ms_mean": within, "latency_spread_ms": latency_spread(within, std),
+                    "headline": headline.get(variant) == rt})
+    table = pd.DataFrame(out, columns=cols).astype({"headline": bool})
+    rank = {"_v": table["variant"].map(order).fillna(len(order)), "_r": table["latency_runtime"].map(runtime_rank)}
+    return table.assign(**rank).sort_values(["_v", "_r"]).drop(columns=list(rank)).reset_index(drop=True)
+
+
+def latency_spread(within_ci: float, seed_std: float) -> float:
+    """The noise of a latency, for ties: the wider of the median's 95 % CI within a run and the std over seeds.
+
+    The std, not a CI of the mean over seeds: with two seeds Student's t (12.7) would make every latency a tie.
+    NaN when neither was measured (one seed of an older experiment): `pareto_front` then uses its relative tolerance.
+    """
+    return float(np.fmax(within_ci, seed_std))
+
+
+def add_deltas(table: pd.DataFrame, latency: pd.DataFrame | None = None) -> pd.DataFrame:
+    """d_<metric>_vs_{teacher,baseline,unpruned,parent}: variant mean minus the reference's mean (NaN if none/self).
+
+    `unpruned` is a pruned variant's KD student with the same (T, alpha); `parent` is an INT8 variant's fp32 source.
+    With `latency` (from `latency_runtimes`), latency deltas compare both variants on the variant's own headline
+    runtime, so an INT8 model timed only on onnxruntime-cpu is not compared with its parent's CUDA time.
+    """
     table = table.copy()
     if table.empty:
         return table
     usable = table[table["n"] > 0]
+    by_label = usable.set_index("variant")
+    same_runtime = {} if latency is None else {
+        (r.variant, r.latency_runtime): r.latency_ms_mean for r in latency.itertuples()}
 
-    def ref(stage: str) -> pd.Series | None:
-        hit = usable[usable["stage"] == stage]
-        return hit.iloc[0] if len(hit) else None
+    def first(frame: pd.DataFrame) -> str | None:
+        return frame["variant"].iloc[0] if len(frame) else None
 
-    refs = {"teacher": ref("teacher"), "baseline": ref("baseline")}
     students = usable[usable["stage"] == "student"]
-    for m in DELTA_METRICS:
-        col = f"{m}_mean"
-        for name, r in refs.items():
-            value = table[col] - r[col] if r is not None else pd.Series(np.nan, index=table.index)
-            table[f"d_{m}_vs_{name}"] = value.where(table["stage"] != name)
-        # a pruned variant's own unpruned KD student: same (T, alpha)
-        unpruned = []
-        for row in table.itertuples():
-            hit = students[(students["temperature"] == row.temperature) & (students["alpha"] == row.alpha)]
-            unpruned.append(getattr(row, col) - hit.iloc[0][col] if row.stage == "pruned" and len(hit) else np.nan)
-        table[f"d_{m}_vs_unpruned"] = pd.Series(unpruned, index=table.index, dtype=float)
+    refs = {"teacher": [first(usable[usable["stage"] == "teacher"])] * len(table),
+            "baseline": [first(usable[usable["stage"] == "baseline"])] * len(table),
+            "unpruned": [first(students[(students["temperature"] == r.temperature) & (students["alpha"] == r.alpha)])
+                         if r.stage == "pruned" else None for r in table.itertuples()],
+            "parent": [r.parent if r.stage == "quantized" and r.parent in by_label.index else None
+                       for r in table.itertuples()]}
+    for name in REFERENCES:
+        ref_labels = refs[name]
+        for m in PARENT_DELTA_METRICS if name == "parent" else DELTA_METRICS:
+            col = f"{m}_mean"
+            values = []
+            for row, ref in zip(table.itertuples(), ref_labels):
+                if ref is None or ref == row.variant or ref not in by_label.index:
+                    values.append(np.nan)
+                elif m == "latency_ms" and same_runtime:
+                    values.append(getattr(row, col) - same_runtime.get((ref, row.latency_runtime), np.nan))
+                else:
+                    values.append(getattr(row, col) - by_label.at[ref, col])
+            table[f"d_{m}_vs_{name}"] = pd.Series(values, index=table.index, dtype=float)
     return table
 
 
-def pareto_front(table: pd.DataFrame, x: str, y: str = "test_acc_mean", rtol: float = 1e-3) -> pd.DataFrame:
+def pareto_front(table: pd.DataFrame, x: str, y: str = "test_acc_mean", rtol: float = 1e-3,
+                 spread: str | None = None) -> pd.DataFrame:
     """The rows no other row beats on both `y` (higher is better) and `x` (lower is better), sorted by `x`.
 
-    Costs within `rtol` (relative) of each other count as equal: a pruned model that is four bytes smaller
-    (one weight fewer survived) is not a trade-off worth listing when it is less accurate.
+    Each cost is an interval x ± s: s is the row's `spread` column (e.g. a latency's 95 % CI half-width) where it has
+    one, else `rtol` relative. A row is cheaper than another only when the intervals do not overlap; overlapping
+    costs are ties. So of several identical networks whose latencies differ by noise none is picked, and a pruned model
+    that is four bytes smaller (one weight fewer survived) is not a trade-off worth listing when it is less accurate.
     """
     cand = table.dropna(subset=[x, y])
     if "n" in cand:
         cand = cand[cand["n"] > 0]  # failed / skipped / missing variants are not trade-off points
     xs, ys = cand[x].to_numpy(float), cand[y].to_numpy(float)
-    xi, yi, xj, yj = xs[:, None], ys[:, None], xs[None, :], ys[None, :]
-    # j dominates i: no worse on both axes (cost up to the tolerance) and strictly better on one
-    dominated = ((xj <= xi + rtol * np.abs(xi)) & (yj >= yi) & ((xj < xi) | (yj > yi))).any(axis=1)
+    s = np.abs(xs) * rtol
+    if spread is not None and spread in cand:
+        measured = cand[spread].to_numpy(float)
+        s = np.where(np.isnan(measured), s, measured)
+    xi, yi, si, xj, yj, sj = xs[:, None], ys[:, None], s[:, None], xs[None, :], ys[None, :], s[None, :]
+    no_costlier, cheaper = xj - sj <= xi + si, xj + sj < xi - si
+    # j dominates i: no worse on both axes and better on one, cost differences within the noise counting as equal
+    dominated = (no_costlier & (yj >= yi) & (cheaper | (yj > yi))).any(axis=1)
     return cand[~dominated].sort_values([x, y], ascending=[True, False], kind="stable")
 
 
-def marginal(rows: pd.DataFrame, axis: str) -> pd.DataFrame:
-    """Mean accuracy (± std, 95 % CI over ok rows) by one grid axis; T and alpha over KD students, p over pruned.
+def fastest(table: pd.DataFrame, x: str = "latency_ms_mean", spread: str = "latency_spread_ms",
+            rtol: float = 1e-3) -> pd.DataFrame:
+    """The ok rows no other row is faster than beyond the noise (x ± spread, as in `pareto_front`): often several."""
+    return pareto_front(table.assign(_flat=0.0), x, "_flat", rtol=rtol, spread=spread).drop(columns="_flat")
 
-    The p table starts with p = 0: the unpruned KD students, so the cost of pruning reads off the first column.
+
+def marginal(rows: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """Mean accuracy (± std, 95 % CI over ok seeds) by one grid axis; T and alpha over KD students, p over pruned.
+
+    The p table is by (prune method, p) and starts with p = 0: the unpruned KD students, so the cost of pruning
+    reads off the first row. Latency is each variant's headline runtime (`seed_rows`).
     """
+    rows = seed_rows(rows)
     ok = rows[rows["status"] == "ok"]
+    keys = [axis]
     if axis == "prune_amount":
-        parts = [ok[ok["stage"] == "student"].assign(prune_amount=0.0), ok[ok["stage"] == "pruned"]]
+        keys.append("prune_method")
+        parts = [ok[ok["stage"] == "student"].assign(prune_amount=0.0, prune_method=None), ok[ok["stage"] == "pruned"]]
         ok = pd.concat([p for p in parts if not p.empty]) if any(not p.empty for p in parts) else ok.iloc[:0]
     else:
         ok = ok[ok["stage"] == "student"]
     out = []
-    for value, g in ok.groupby(axis, sort=True):
+    for value, g in ok.groupby(keys, sort=False, dropna=False):
         mean, std, ci, n = describe(g["test_acc"])
-        out.append({axis: value, "stage": "/".join(sorted(g["stage"].unique())), "variants": g["variant"].nunique(),
-                    "n": n, "test_acc_mean": mean, "test_acc_std": std, "test_acc_ci95": ci,
-                    "latency_ms_mean": g["latency_ms"].mean(), "size_nonzero_mb_mean": g["size_nonzero_mb"].mean()})
-    cols = [axis, "stage", "variants", "n", "test_acc_mean", "test_acc_std", "test_acc_ci95", "latency_ms_mean",
-            "size_nonzero_mb_mean"]
-    return pd.DataFrame(out, columns=cols)
+        out.append({**dict(zip(keys, value)), "stage": "/".join(sorted(g["stage"].unique())),
+                    "variants": g["variant"].nunique(), "n": n, "test_acc_mean": mean, "test_acc_std": std,
+                    "test_acc_ci95": ci, "latency_ms_mean": g["latency_ms"].mean(),
+                    "size_nonzero_mb_mean": g["size_nonzero_mb"].mean(), "size_bytes_mean": g["size_bytes"].mean()})
+    cols = [*keys, "stage", "variants", "n", "test_acc_mean", "test_acc_std", "test_acc_ci95", "latency_ms_mean",
+            "size_nonzero_mb_mean", "size_bytes_mean"]
+    table = pd.DataFrame(out, columns=cols)
+    if "prune_method" not in table:
+        return table.sort_values(axis, kind="stable").reset_index(drop=True)
+    # None for the p = 0 row, as in the rows (pandas reads it as NaN); at each p unstructured before structured
+    table["prune_method"] = table["prune_method"].astype(object).where(table["prune_method"].notna(), None)
+    method = table["prune_method"].map({UNSTRUCTURED: 1, STRUCTURED: 2}).fillna(0)
+    return table.assign(_m=method).sort_values([axis, "_m"], kind="stable").drop(columns="_m").reset_index(drop=True)
 
 
 def results_frame(rows: pd.DataFrame) -> pd.DataFrame:
-    """The raw rows (one per variant and seed) for results.csv: Variant,Accuracy,LatencyMs,SizeMB first."""
+    """The raw rows (one per variant, seed and runtime) for results.csv: Variant,Accuracy,LatencyMs,SizeMB first."""
     head = rows[list(CSV_HEAD)].rename(columns=CSV_HEAD)
     return pd.concat([head, rows.drop(columns=list(CSV_HEAD))], axis=1)
 
