@@ -116,7 +116,8 @@ class _Progress:
         best = f"{self.best:.4f}" if self.best is not None else "-"
         fail = f", {self.failed} not ok" if self.failed else ""
         what = status.split(":")[0]
-        self.echo(f"[{task.id}] {what} · trained {counts}{fail} · best acc {best} · {el // 60}m{el % 60:02d}s elapsed")
+        trained = f" · trained {counts}" if counts else ""
+        self.echo(f"[{task.id}] {what}{trained}{fail} · best acc {best} · {el // 60}m{el % 60:02d}s elapsed")
 
 
 def _init_ray(address: str | None, echo: Echo) -> bool:

@@ -109,19 +109,22 @@ def _fake_runners(names: list[str], calls: list[str], times: dict[str, list[floa
 
 
 @pytest.mark.parametrize("k", [2, 3, 5])
-def test_interleaving_rotates_the_start_and_balances_slots(k):
+def test_interleaving_runs_each_once_per_iteration_in_varying_order(k):
     names = [f"r{i}" for i in range(k)]
     calls: list[str] = []
-    warmup, iters = 3, 2 * k + 1
+    warmup, iters = 3, 40
     time_interleaved(_fake_runners(names, calls), warmup=warmup, iters=iters)
     assert len(calls) == k * (warmup + iters)
     rounds = [calls[i:i + k] for i in range(0, len(calls), k)]
     assert all(sorted(r) == names for r in rounds)  # each runner once per iteration
-    assert [r[0] for r in rounds] == [names[i % k] for i in range(warmup + iters)]  # the start moves on by one
-    for window in (rounds[j:j + k] for j in range(len(rounds) - k + 1)):  # k consecutive rounds: every slot once
-        assert all(sorted(r[slot] for r in window) == names for slot in range(k))
+    # no runner keeps a fixed slot or a fixed predecessor (a cache-evicting neighbour must not always precede it)
+    assert all(len({r.index(n) for r in rounds}) == k for n in names)
     if k >= 3:
-        assert all(a != b for a, b in zip(calls, calls[1:]))
+        before = {n: {r[r.index(n) - 1] for r in rounds if r.index(n) > 0} for n in names}
+        assert all(len(b) >= 2 for b in before.values())
+    again: list[str] = []
+    time_interleaved(_fake_runners(names, again), warmup=warmup, iters=iters)
+    assert again == calls  # the order is drawn from a seed: reruns time in the same order
 
 
 def test_interleaved_stats_drop_warmup_and_are_exact():
