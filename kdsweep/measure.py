@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import ast
 import io
-import statistics
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,31 +48,14 @@ class Latency:
     iters: int
 
 
-@torch.inference_mode()
 def latency(model: nn.Module, image_size: int, device: torch.device, warmup: int = 20, iters: int = 200,
             channels: int = 3) -> Latency:
-    """Batch-1 forward latency in eval mode: warm-up, then `iters` timed runs (CUDA events on GPU)."""
-    model.eval()
-    x = torch.randn(1, channels, image_size, image_size, device=device)
-    for _ in range(warmup):
-        model(x)
-    times: list[float] = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        for _ in range(iters):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            model(x)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    else:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - t0) * 1e3)
-    p90 = float(np.percentile(times, 90))
-    return Latency(statistics.median(times), p90, device_label(device), iters)
+    """Batch-1 forward latency of one model timed alone (the runtimes' torch runner: eval, CUDA events on GPU)."""
+    from .runtimes import time_interleaved, torch_runner
+
+    runner = torch_runner(model, image_size, device, channels=channels)
+    stats = time_interleaved({"model": runner}, warmup, iters)["model"]
+    return Latency(stats.median_ms, stats.p90_ms, runner.device, iters)
 
 
 @dataclass

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .measure import device_label
+
 RUNTIMES = ("torch", "onnxruntime", "tensorrt")  # names accepted in the config key measure.runtimes
 DEVICES = ("cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # int8: quantized ONNX models, which only ORT runs
@@ -139,15 +141,13 @@ def torch_runner(model: nn.Module, image_size: int, device: torch.device, precis
                 end.record()
             end.synchronize()
             return start.elapsed_time(end)
-        where = f"cuda:{torch.cuda.get_device_name(device)}"  # the format of measure.device_label
     else:
         def timed() -> float:
             with torch.inference_mode(), autocast():
                 t0 = time.perf_counter()
                 model(x)
                 return (time.perf_counter() - t0) * 1e3
-        where = "cpu"
-    return Runner("torch", where, precision, timed)
+    return Runner("torch", device_label(device), precision, timed)
 
 
 def ort_runner(session, image_size: int, precision: str = "fp32") -> Runner:
@@ -178,7 +178,7 @@ def ort_runner(session, image_size: int, precision: str = "fp32") -> Runner:
         session.run_with_iobinding(binding)  # returns after ORT synchronises the device
         return (time.perf_counter() - t0) * 1e3
     label = "tensorrt" if provider == _PROVIDER["tensorrt"] else "onnxruntime-cuda"
-    return Runner(label, f"cuda:{torch.cuda.get_device_name(device_id)}", precision, timed)
+    return Runner(label, device_label(torch.device("cuda", device_id)), precision, timed)
 
 
 def _check_precision(precision: str) -> None:

@@ -180,9 +180,10 @@ def _train(cfg: Config, v: Variant, paths: Paths, data: Dataset, device: torch.d
             model = load_model(cfg, plan_by_key[v.parent], paths, data.num_classes)
             set_bn_momentum(model, c.bn_momentum)
             if v.prune_method == STRUCTURED:
-                _prune_structured(cfg, v, paths, model)
-            model.to(device)
-            if v.prune_method != STRUCTURED:
+                _prune_structured(cfg, v, paths, model)  # traced on CPU, then moved
+                model.to(device)
+            else:
+                model.to(device)
                 apply_pruning(model, v.prune_amount, cfg.prune.scope)
             if cfg.prune.recalibrate_bn:
                 # pruning shifts every activation; stale BN statistics alone can drop accuracy to chance

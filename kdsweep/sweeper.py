@@ -74,17 +74,20 @@ def _rows(v: Variant, record: dict | None, status: str, error: str | None = None
     return rows or [row]
 
 
-def expected_runtimes(cfg: Config, v: Variant, devices: list[str] | None) -> set[tuple[str, str | None]]:
-    """The (runtime label, device kind) pairs a finished variant has rows for.
+def missing_runtimes(cfg: Config, v: Variant, rows: list[dict], devices: list[str] | None) -> set[str]:
+    """The configured (runtime, device) pairs that a variant's result rows lack, as 'runtime' or 'runtime on device'.
 
     `devices` None: latency runs on whatever device the latency trial gets (`auto`), which the driver cannot know
-    (logical GPUs, a CPU-only head node), so only the runtimes count: pairs are (runtime name, None).
+    (logical GPUs, a CPU-only head node), so only the runtimes' names count.
     """
     from .runtimes import runtime_label
 
     if devices is None:
-        return {(rt, None) for rt, _ in runtime_rows(cfg, v, ["cpu"])}
-    return {(runtime_label(rt, dev), dev) for rt, dev in runtime_rows(cfg, v, devices)}
+        want = {rt for rt, _ in runtime_rows(cfg, v, ["cpu"])}
+        return want - {(r.get("runtime") or "").split("-")[0] for r in rows}
+    want = {(runtime_label(rt, dev), dev) for rt, dev in runtime_rows(cfg, v, devices)}
+    have = {(r.get("runtime"), (r.get("latency_device") or "").split(":")[0]) for r in rows}
+    return {f"{rt} on {dev}" for rt, dev in want - have}
 
 
 class _Progress:
@@ -174,13 +177,9 @@ class Sweep:
         if bad:
             echo(f"retrying {v.key} (last run: {bad['status']}: {bad['error']})")
             return False
-        if self.devices is None:
-            have = {((r.get("runtime") or "").split("-")[0], None) for r in rows}
-        else:
-            have = {(r.get("runtime"), (r.get("latency_device") or "").split(":")[0]) for r in rows}
-        missing = expected_runtimes(self.cfg, v, self.devices) - have
+        missing = missing_runtimes(self.cfg, v, rows, self.devices)
         if missing:
-            echo(f"timing {v.key} under {', '.join(sorted(rt + (f' on {d}' if d else '') for rt, d in missing))}")
+            echo(f"timing {v.key} under {', '.join(sorted(missing))}")
             return False
         return True
 

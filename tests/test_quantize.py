@@ -148,10 +148,9 @@ def test_int8_graph_is_qdq_and_small(quantized):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("quantized", ["mobilenet_v3_small"], indirect=True)  # the cheaper one to quantize again
 def test_quantization_is_deterministic(quantized):
     arch, fp32, int8, calibration, settings = quantized
-    if arch != "mobilenet_v3_small":
-        pytest.skip("one architecture is enough; MobileNetV3-Small is the cheaper one to quantize again")
     assert quantize_int8(fp32, calibration, settings) == int8
 
 
