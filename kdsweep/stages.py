@@ -319,7 +319,8 @@ def measure_latencies(cfg: Config, variants: list[Variant], paths: Paths, data: 
                         model = model or load_model(cfg, v, paths, data.num_classes)
                         runner = torch_runner(model.to(device), cfg.data.image_size, device, v.precision)
                     else:
-                        onnx, extra = _onnx_bytes(cfg, v, paths, data, view, extra)
+                        onnx, exported = _onnx_bytes(cfg, v, paths, data, view)
+                        extra |= exported
                         runner = ort_runner(ort_session(onnx, dev, threads, tensorrt=rt == "tensorrt"),
                                             cfg.data.image_size, v.precision)
                 except Exception as exc:  # noqa: BLE001 - one runtime failing on one model must not stop the rest
@@ -337,10 +338,10 @@ def measure_latencies(cfg: Config, variants: list[Variant], paths: Paths, data: 
     return out
 
 
-def _onnx_bytes(cfg: Config, v: Variant, paths: Paths, data: Dataset, view: ViewSpec, extra: dict) -> tuple[bytes, dict]:
-    """A variant's ONNX file; exported now when an experiment predates export (fields for its rows in `extra`)."""
+def _onnx_bytes(cfg: Config, v: Variant, paths: Paths, data: Dataset, view: ViewSpec) -> tuple[bytes, dict]:
+    """A variant's ONNX file, and the export's fields for its rows when it is exported now (an older experiment)."""
     if storage.exists(paths.onnx(v)):
-        return storage.read_bytes(paths.onnx(v)), extra
+        return storage.read_bytes(paths.onnx(v)), {}
     rec = read_record(paths.record(v)) or {}
     if rec.get("export_error") or v.precision != "fp32":
         raise RuntimeError(rec.get("export_error") or "no ONNX file")
