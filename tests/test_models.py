@@ -144,5 +144,7 @@ def test_imagenet_weights_get_a_new_head(monkeypatch):
 
 def test_unknown_arch():
     with pytest.raises(ModelError) as info:
-        build_model("vgg16", 10, key="student")
-    assert "vgg16" in str(info.value) and "student.arch" in str(info.value)
+        build_model("resnet181", 10, key="student")
+    msg = str(info.value)
+    assert msg.startswith("student.arch: ") and "'resnet181'" in msg and "did you mean resnet18" in msg
+    assert "\n" not in msg

@@ -110,7 +110,7 @@ def test_dry_run_prints_the_reference_plan_without_ray(capsys, tmp_path):
     (["--set", "kd.temperature=0"], "kd.temperature"),
     (["--set", "kd.alpha=[]"], "kd.alpha"),
     (["--set", "teacher.epochs=many"], "teacher.epochs"),
-    (["--set", "student.arch=vgg11"], "student.arch"),
+    (["--set", "student.arch=resnet181"], "student.arch"),
     (["--set", "data.dataset=imagenet"], "data.dataset"),
     (["--set", "teacher.weights=/no/such/weights.pt"], "teacher.weights"),
     (["--set", "data.dataset=cifar10", "--set", "data.download=false", "--set", "data.root=/no/such/dir"], "data.root"),
