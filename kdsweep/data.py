@@ -13,11 +13,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .augment import cutmix, cutmix_boxes, draw_randaugment, mixup, randaugment
 from .config import DataConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_PAD = 4
+MIXES = ("mixup", "cutmix")  # augmentations that blend two training images
 
 
 class DataError(RuntimeError):
@@ -47,15 +49,30 @@ class ViewSpec:
     image_size: int = 224
     normalize: str = "imagenet"
     augment: tuple[str, ...] = ("flip",)
+    # used only when `augment` lists the op; defaults are DataConfig's
+    randaugment_ops: int = 2  # ops per image
+    randaugment_magnitude: int = 9  # torchvision's 0-30 bins
+    mixup_alpha: float = 0.2  # Beta(a, a) of mixup's lambda
+    cutmix_alpha: float = 1.0  # Beta(a, a) of cutmix's drawn area
 
     @classmethod
-    def from_config(cls, cfg: DataConfig) -> "ViewSpec":
-        return cls(cfg.image_size, cfg.normalize, tuple(cfg.augment))
+    def from_config(cls, cfg: DataConfig, augment: list[str] | None = None) -> "ViewSpec":
+        """The views of `cfg`, with a stage's own augmentation list if given (config.stage_augment)."""
+        return cls(cfg.image_size, cfg.normalize, tuple(cfg.augment if augment is None else augment),
+                   cfg.randaugment.num_ops, cfg.randaugment.magnitude, cfg.mixup_alpha, cfg.cutmix_alpha)
+
+    @property
+    def mixing(self) -> str | None:
+        """`mixup`, `cutmix` or None: whether a view blends in a partner image."""
+        return next((a for a in self.augment if a in MIXES), None)
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Load the configured dataset into memory as uint8 tensors."""
-    loaders = {"cifar10": _cifar, "cifar100": _cifar, "digits": _digits, "synthetic": _synthetic}
+    from . import folders  # imported here: folders imports this module (DataError, Dataset) and PIL
+
+    loaders = {"cifar10": _cifar, "cifar100": _cifar, "digits": _digits, "synthetic": _synthetic,
+               "tiny-imagenet": folders.tiny_imagenet, "imagefolder": folders.imagefolder}
     ds = loaders[cfg.dataset](cfg)
     tl, vl = cfg.train_limit, cfg.test_limit
     if cfg.dataset != "synthetic" and (tl or vl):
@@ -144,9 +161,15 @@ def _synthetic(cfg: DataConfig) -> Dataset:
 
 # --- replayable order and augmentation ---------------------------------------------------------------------
 
+# Generator streams (the `stream` of _generator): 0 sample order, 1 flip and crop, 2 RandAugment ops and signs,
+# 3 mixing partners, 4 mixing lambdas and CutMix centres (numpy, seeded with the same number).
+def _stream_seed(seed: int, epoch: int, stream: int) -> int:
+    return (seed * 1_000_003 + epoch) * 16 + stream
+
+
 def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     # distinct, reproducible streams per (seed, epoch, purpose)
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 16 + stream)
+    return torch.Generator().manual_seed(_stream_seed(seed, epoch, stream))
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
@@ -156,17 +179,39 @@ def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class AugmentParams:
+    """One epoch's per-sample draws, indexed by sample index; those of augmentations not asked for are None."""
+
     flip: torch.Tensor  # (N,) bool
     dy: torch.Tensor  # (N,) int64 crop offsets in [0, 2*CROP_PAD]
     dx: torch.Tensor
+    ops: torch.Tensor | None = None  # (N, num_ops) int64 indices into augment.RANDAUGMENT_OPS
+    negative: torch.Tensor | None = None  # (N, num_ops) bool: that op's magnitude is negated
+    partner: torch.Tensor | None = None  # (N,) int64: the training image sample i is mixed with (a permutation)
+    lam: torch.Tensor | None = None  # (N,) float32 ~ Beta(a, a): mixup's weight of sample i; cutmix's drawn kept area
+    center: torch.Tensor | None = None  # (N, 2) float32 in [0, 1): cutmix box centre (y, x) as fractions of the size
 
 
-def augment_params(seed: int, epoch: int, n: int) -> AugmentParams:
-    """Per-sample augmentation draws of one epoch: a pure function of (seed, epoch, index)."""
+def augment_params(seed: int, epoch: int, n: int, spec: ViewSpec | None = None) -> AugmentParams:
+    """Per-sample augmentation draws of one epoch: a pure function of (seed, epoch, index).
+
+    Flip and crop are always drawn; RandAugment and mixing draws only when `spec` lists them (each from its own
+    stream, so adding one never changes another's draws). Mixing partners are a permutation of the whole training
+    set, so a sample's partner, like everything else here, is independent of batch size and composition."""
     g = _generator(seed, epoch, 1)
     flip = torch.rand(n, generator=g) < 0.5
     off = torch.randint(0, 2 * CROP_PAD + 1, (2, n), generator=g)
-    return AugmentParams(flip, off[0], off[1])
+    extra: dict[str, torch.Tensor] = {}
+    if spec is not None and "randaugment" in spec.augment:
+        extra["ops"], extra["negative"] = draw_randaugment(_generator(seed, epoch, 2), n, spec.randaugment_ops)
+    mix = spec.mixing if spec is not None else None
+    if mix:
+        extra["partner"] = torch.randperm(n, generator=_generator(seed, epoch, 3))
+        rng = np.random.default_rng(_stream_seed(seed, epoch, 4))  # torch's Beta sampler takes no generator
+        a = spec.mixup_alpha if mix == "mixup" else spec.cutmix_alpha
+        extra["lam"] = torch.from_numpy(rng.beta(a, a, n).astype(np.float32))
+        if mix == "cutmix":
+            extra["center"] = torch.from_numpy(rng.random((n, 2), dtype=np.float32))
+    return AugmentParams(flip, off[0], off[1], **extra)
 
 
 def _random_crop(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
@@ -180,27 +225,84 @@ def _random_crop(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.T
     return xp[bi, ci, rows, cols]
 
 
-def make_views(x: torch.Tensor, spec: ViewSpec, aug: AugmentParams | None = None,
-               idx: torch.Tensor | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 batch (on the target device) -> normalised float views; `aug` + `idx` select the augmentation."""
-    if aug is not None and spec.augment:
-        idx_cpu = idx.cpu()
-        if "crop" in spec.augment:
-            x = _random_crop(x, aug.dy[idx_cpu].to(x.device), aug.dx[idx_cpu].to(x.device))
-        if "flip" in spec.augment:
-            f = aug.flip[idx_cpu].to(x.device)
-            x = torch.where(f[:, None, None, None], x.flip(-1), x)
-    x = x.to(dtype, copy=True)  # a new tensor even for float input: the scaling below is in place
+def _augment(x: torch.Tensor, spec: ViewSpec, aug: AugmentParams, idx_cpu: torch.Tensor) -> torch.Tensor:
+    """Crop, flip, then RandAugment a uint8 batch at its stored size, each sample by its own draws."""
+    if "crop" in spec.augment:
+        x = _random_crop(x, aug.dy[idx_cpu].to(x.device), aug.dx[idx_cpu].to(x.device))
+    if "flip" in spec.augment:
+        f = aug.flip[idx_cpu].to(x.device)
+        x = torch.where(f[:, None, None, None], x.flip(-1), x)
+    if "randaugment" in spec.augment:
+        if aug.ops is None:
+            raise ValueError("augment: randaugment needs its draws: call augment_params(seed, epoch, n, spec)")
+        x = randaugment(x, aug.ops[idx_cpu], aug.negative[idx_cpu], spec.randaugment_magnitude)
+    return x
+
+
+def _resize_normalize(x: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
+    """A float batch of 0-255 values that the caller owns (scaled in place) -> resized, normalised model input."""
     if x.shape[-1] != spec.image_size or x.shape[-2] != spec.image_size:
         down = spec.image_size < max(x.shape[-2:])
         x = F.interpolate(x, size=(spec.image_size,) * 2, mode="bilinear", align_corners=False, antialias=down)
     # resizing is linear, so scaling after it is the same maths; doing /255 and the normalisation as one in-place
     # multiply-add on the (small) output saves two full-size passes per batch at 224 px
     if spec.normalize == "imagenet":
-        std = torch.tensor(IMAGENET_STD, device=x.device, dtype=dtype)[:, None, None]
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=dtype)[:, None, None]
+        std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype)[:, None, None]
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype)[:, None, None]
         return x.mul_(1.0 / (255.0 * std)).sub_(mean / std)
     return x.div_(255.0)
+
+
+def make_views(x: torch.Tensor, spec: ViewSpec, aug: AugmentParams | None = None,
+               idx: torch.Tensor | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 batch (on the target device) -> normalised float views; `aug` + `idx` select the augmentation.
+
+    Mixing needs partner images from the whole training set: training views go through `train_views`."""
+    if aug is not None and spec.augment:
+        if spec.mixing:
+            raise ValueError(f"augment: {spec.mixing} mixes in images from the whole training set; use train_views")
+        x = _augment(x, spec, aug, idx.cpu())
+    return _resize_normalize(x.to(dtype, copy=True), spec)  # a new tensor even for float input: scaled in place
+
+
+@dataclass(frozen=True)
+class TrainViews:
+    """A training batch's model inputs; with mixup/cutmix also each sample's partner and own-label weight."""
+
+    x: torch.Tensor
+    partner: torch.Tensor | None = None  # (B,) int64 on the CPU: training-set index of the image mixed in
+    lam: torch.Tensor | None = None  # (B,) float32 on the device: weight of the sample's own label (CutMix: real area)
+
+
+def _gather(x_all: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    # a training set kept on the GPU (engine.train) is indexed there; from the CPU only the batch moves
+    if x_all.device.type != "cpu":
+        return x_all[idx.to(x_all.device)].to(device)
+    return x_all[idx].to(device)
+
+
+def train_views(x_all: torch.Tensor, idx: torch.Tensor, spec: ViewSpec, aug: AugmentParams | None,
+                device: torch.device, dtype: torch.dtype = torch.float32) -> TrainViews:
+    """Training views of samples `idx` of the whole uint8 training set `x_all` (on the CPU or already on `device`).
+
+    Order: crop, flip, RandAugment, then mixing, all at the stored size, then the resize to `image_size`. With
+    mixup/cutmix, sample i is blended with the view of `aug.partner[i]` made with the partner's own draws. Every
+    view is a pure function of (seed, epoch, index), never of the batch it is made in."""
+    idx = idx.cpu()
+    mix = spec.mixing if aug is not None else None
+    if not mix:
+        return TrainViews(make_views(_gather(x_all, idx, device), spec, aug, idx, dtype))
+    partner = aug.partner[idx]
+    both = torch.cat([idx, partner])
+    x = _augment(_gather(x_all, both, device), spec, aug, both)  # one batched pass for samples and partners
+    xa, xb = x[:len(idx)], x[len(idx):]
+    lam = aug.lam[idx]
+    if mix == "cutmix":
+        boxes, lam = cutmix_boxes(lam, aug.center[idx], *x.shape[-2:])
+        x = cutmix(xa, xb, boxes).to(dtype)
+    else:
+        x = mixup(xa.to(dtype), xb.to(dtype), lam)
+    return TrainViews(_resize_normalize(x, spec), partner, lam.to(device))
 
 
 def train_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:

@@ -15,7 +15,7 @@ from torch import nn
 
 from . import storage
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data import Dataset, ViewSpec, augment_params, make_views, train_batches
+from .data import Dataset, ViewSpec, augment_params, make_views, train_batches, train_views
 from .losses import kd_loss
 from .measure import accuracy
 
@@ -73,7 +73,9 @@ def train(model: nn.Module, data: Dataset, view: ViewSpec, spec: TrainSpec, devi
     With alpha > 0 the soft targets come from `teacher_logits[epoch_offset + epoch, index]` (precomputed, see
     `teacher_logits`) or, if only `teacher` is given, from an eval-mode teacher forward on the same views.
     `tag` is merged into every epoch row (e.g. which run of a retried trial trained that epoch). A corrupt
-    checkpoint is reported, set aside as `<name>.corrupt`, and training starts over.
+    checkpoint is reported, set aside as `<name>.corrupt`, and training starts over. With mixup/cutmix the hard
+    labels are mixed per sample (`kd_loss`), and `train_acc` counts a hit against the label of the image that
+    dominates the mix: the sample's own where lam >= 0.5, else its partner's.
     """
     kd = spec.alpha > 0
     if kd and teacher is None and teacher_logits is None:
@@ -106,16 +108,17 @@ def train(model: nn.Module, data: Dataset, view: ViewSpec, spec: TrainSpec, devi
         t0 = time.perf_counter()
         e = spec.epoch_offset + epoch
         torch.manual_seed(spec.seed * 1_000_003 + e)  # dropout draws: resume replays them exactly
-        aug = augment_params(spec.seed, e, n)
+        aug = augment_params(spec.seed, e, n, view)
         model.train()
         loss_sum, correct, seen, teacher_images = 0.0, 0, 0, 0
         for i, idx in enumerate(train_batches(n, spec.batch_size, spec.seed, e)):
             for g in opt.param_groups:
                 g["lr"] = _lr_at(spec, epoch * steps_per_epoch + i, total)
             idx_d = idx.to(device)
-            x = make_views(x_all[idx_d] if amp else x_all[idx].to(device), view, aug, idx)
-            x = x.contiguous(memory_format=torch.channels_last)
+            v = train_views(x_all, idx, view, aug, device)
+            x = v.x.contiguous(memory_format=torch.channels_last)
             y = y_all[idx_d]
+            y_mix = None if v.partner is None else y_all[v.partner.to(device)]
             t_logits = None
             if kd:
                 if teacher_logits is not None:
@@ -126,7 +129,8 @@ def train(model: nn.Module, data: Dataset, view: ViewSpec, spec: TrainSpec, devi
                     teacher_images += len(idx)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 logits = model(x)
-            loss = kd_loss(logits, t_logits, y, spec.temperature, spec.alpha, spec.label_smoothing)
+            loss = kd_loss(logits, t_logits, y, spec.temperature, spec.alpha, spec.label_smoothing,
+                           lam=v.lam, partner_targets=y_mix)
             value = loss.item()
             first_loss = value if first_loss is None else first_loss
             if not math.isfinite(value) or value > DIVERGENCE_FACTOR * max(first_loss, 1.0):
@@ -137,7 +141,8 @@ def train(model: nn.Module, data: Dataset, view: ViewSpec, spec: TrainSpec, devi
             loss.backward()
             opt.step()
             loss_sum += value * len(idx)
-            correct += int((logits.argmax(1) == y).sum())
+            hit_y = y if v.lam is None else torch.where(v.lam >= 0.5, y, y_mix)
+            correct += int((logits.argmax(1) == hit_y).sum())
             seen += len(idx)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                "teacher_forward_images": teacher_images, "epoch_seconds": time.perf_counter() - t0, **(tag or {})}
@@ -155,15 +160,18 @@ def train(model: nn.Module, data: Dataset, view: ViewSpec, spec: TrainSpec, devi
 @torch.no_grad()
 def teacher_logits(teacher: nn.Module, data: Dataset, view: ViewSpec, seed: int, epochs: int, device: torch.device,
                    batch_size: int = 256) -> torch.Tensor:
-    """Eval-mode teacher logits (fp16) for every training view of epochs 0..epochs-1: shape (epochs, N, classes)."""
+    """Eval-mode teacher logits (fp16) for every training view of epochs 0..epochs-1: shape (epochs, N, classes).
+
+    The views are `train`'s (same `train_views`, same draws), mixed images included, so the cache is exact."""
     _prepare(teacher, device).eval()
     n = len(data.train_y)
     out = torch.empty(epochs, n, data.num_classes, dtype=torch.float16)
     amp = device.type == "cuda"
+    x_all = data.train_x.to(device) if amp else data.train_x  # as in train: mixing gathers partners from all of it
     for e in range(epochs):
-        aug = augment_params(seed, e, n)
+        aug = augment_params(seed, e, n, view)
         for idx in torch.arange(n).split(batch_size):
-            x = make_views(data.train_x[idx].to(device), view, aug, idx)
+            x = train_views(x_all, idx, view, aug, device).x
             x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 out[e, idx] = teacher(x).float().cpu().half()

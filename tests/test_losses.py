@@ -137,3 +137,37 @@ def test_student_gradient_matches_hand_derivation():
             target = (1 - ls) * (k == Y[i]) + ls / 3
             g = alpha * temp**2 * (ps_t[k] - pt_t[k]) / (temp * b) + (1 - alpha) * (ps[k] - target) / b
             assert s.grad[i, k].item() == pytest.approx(g, rel=1e-4, abs=1e-7)
+
+
+# --- mixup / cutmix: per-sample mixed hard labels ----------------------------------------------------------
+
+LAM = [0.3, 0.8]
+YB = [2, 1]  # the partners' labels
+
+
+def _mixed_ce(student, ya, yb, lam, ls):
+    """mean_i [lam_i * CE(s_i, ya_i) + (1 - lam_i) * CE(s_i, yb_i)], each smoothed (hand-computed per row)."""
+    return sum(w * _ce_smoothed([row], [a], ls) + (1 - w) * _ce_smoothed([row], [b], ls)
+               for row, a, b, w in zip(student, ya, yb, lam)) / len(student)
+
+
+@pytest.mark.parametrize("ls", [0.0, 0.1])
+def test_mixed_labels_are_lambda_weighted_ce(ls):
+    got = kd_loss(_t(S), None, _y(), 4.0, 0.0, ls, lam=_t(LAM), partner_targets=torch.tensor(YB))
+    assert got.item() == pytest.approx(_mixed_ce(S, Y, YB, LAM, ls), rel=1e-6)
+    # not the batch-mean lambda: per-sample weights matter (0.55 for both rows gives another number)
+    assert got.item() != pytest.approx(_mixed_ce(S, Y, YB, [0.55, 0.55], ls), rel=1e-3)
+
+
+@pytest.mark.parametrize("temp,alpha", [(4.0, 0.9), (2.0, 0.5)])
+def test_kd_with_mixed_labels(temp, alpha):
+    got = kd_loss(_t(S), _t(T_), _y(), temp, alpha, 0.05, lam=_t(LAM), partner_targets=torch.tensor(YB))
+    expected = alpha * temp**2 * _kl_batchmean(S, T_, temp) + (1 - alpha) * _mixed_ce(S, Y, YB, LAM, 0.05)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_lambda_one_or_same_labels_is_the_plain_loss():
+    plain = kd_loss(_t(S), _t(T_), _y(), 4.0, 0.7, 0.05)
+    ones = kd_loss(_t(S), _t(T_), _y(), 4.0, 0.7, 0.05, lam=torch.ones(2), partner_targets=torch.tensor(YB))
+    same = kd_loss(_t(S), _t(T_), _y(), 4.0, 0.7, 0.05, lam=_t(LAM), partner_targets=_y())
+    assert ones.item() == pytest.approx(plain.item(), rel=1e-6) and same.item() == pytest.approx(plain.item(), rel=1e-6)
