@@ -11,8 +11,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ARCHS = ("resnet18", "mobilenet_v3_small")  # mirrored by models.REGISTRY; kept here so validation stays import-light
-DATASETS = ("cifar10", "cifar100", "digits", "synthetic")
+ARCHS = ("resnet18", "mobilenet_v3_small")  # the built-in fast path; any torchvision/timm name is checked by models
+DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "tiny-imagenet", "imagefolder")
+AUGMENTS = ("flip", "crop", "randaugment", "mixup", "cutmix")
+Augment = Literal["flip", "crop", "randaugment", "mixup", "cutmix"]
 RUNTIMES = ("torch", "onnxruntime", "tensorrt")  # mirrored by runtimes.RUNTIMES
 # the Python module each runtime needs; checked with find_spec so validation never imports them
 RUNTIME_MODULES = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt"}
@@ -39,14 +41,23 @@ def _check_axis(values: list, key: str) -> list:
     return values
 
 
+class RandAugmentConfig(_Strict):
+    num_ops: int = Field(2, ge=1, le=14, description="ops applied to each image, drawn per sample")
+    magnitude: int = Field(9, ge=0, le=30, description="torchvision's scale: 0-30 (31 bins)")
+
+
 class DataConfig(_Strict):
-    dataset: Literal["cifar10", "cifar100", "digits", "synthetic"] = "cifar10"
+    dataset: Literal["cifar10", "cifar100", "digits", "synthetic", "tiny-imagenet", "imagefolder"] = "cifar10"
     root: str = "./data"
     download: bool = True
     verify: bool = True
     image_size: int = Field(224, ge=8)
     normalize: Literal["imagenet", "none"] = "imagenet"
-    augment: list[Literal["flip", "crop"]] = ["flip"]
+    augment: list[Augment] = ["flip"]
+    randaugment: RandAugmentConfig = RandAugmentConfig()
+    mixup_alpha: float = Field(0.2, gt=0, description="Beta(a, a) of mixup's lambda, when augment has mixup")
+    cutmix_alpha: float = Field(1.0, gt=0, description="Beta(a, a) of cutmix's box area, when augment has cutmix")
+    stored_size: int = Field(64, ge=8, description="imagefolder: images are resized once to this square size")
     train_limit: int | None = Field(None, ge=2, description="use only the first N training images (synthetic: N images)")
     test_limit: int | None = Field(None, ge=1, description="use only the first N test images (synthetic: N images)")
     split_seed: int = 0
@@ -55,6 +66,19 @@ class DataConfig(_Strict):
     @classmethod
     def _augment_list(cls, v: Any) -> Any:
         return [] if v is None else _as_axis(v)
+
+    @field_validator("augment")
+    @classmethod
+    def _augment_unique(cls, v: list[str]) -> list[str]:
+        return _check_augment(v)
+
+
+def _check_augment(v: list[str] | None) -> list[str] | None:
+    if v is not None and len(set(v)) != len(v):
+        raise ValueError(f"augment lists {v} twice")
+    if v is not None and {"mixup", "cutmix"} <= set(v):
+        raise ValueError("augment: choose mixup or cutmix, not both (each replaces the image pair differently)")
+    return v
 
 
 class TrainConfig(_Strict):
@@ -66,12 +90,28 @@ class TrainConfig(_Strict):
     batch_size: int = Field(128, ge=1)
     schedule: Literal["cosine", "constant"] = "cosine"
     bn_momentum: float = Field(0.1, gt=0, le=1, description="BatchNorm momentum; torchvision's MobileNetV3 0.01 is too slow for short runs")
+    augment: list[Augment] | None = Field(None, description="this stage's augmentation; default: data.augment")
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_list(cls, v: Any) -> Any:
+        return v if v is None else _as_axis(v)
+
+    @field_validator("augment")
+    @classmethod
+    def _augment_unique(cls, v: list[str] | None) -> list[str] | None:
+        return _check_augment(v)
 
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str) -> str:
-        if v not in ARCHS:
-            raise ValueError(f"unknown arch {v!r}; known: {', '.join(ARCHS)}")
+        if v in ARCHS:
+            return v
+        from .models import arch_problem  # imports torchvision: only for archs off the built-in fast path
+
+        problem = arch_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
 
@@ -186,6 +226,9 @@ class Config(_Strict):
     quantize: QuantizeConfig = QuantizeConfig()
     measure: MeasureConfig = MeasureConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    # dotted key -> values, the axes that multiply configs (kdsweep.axes); validated and normalised by build_config
+    sweep: dict[str, list[Any]] = {}
+    max_variants: int = Field(2000, ge=1, description="a plan with more variants than this is refused")
 
     _axes = field_validator("seeds", mode="before")(classmethod(lambda cls, v: _as_axis(v)))
 
@@ -196,13 +239,30 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _paths(self) -> "Config":
-        if self.data.dataset in ("cifar10", "cifar100") and not self.data.download:
-            if not _is(Path(self.data.root).is_dir):
+        root = Path(self.data.root).expanduser()
+        if self.data.dataset in ("cifar10", "cifar100", "tiny-imagenet") and not self.data.download:
+            if not _is(root.is_dir):
                 raise ValueError(f"data.root: {self.data.root!r} does not exist and data.download is false")
+        if self.data.dataset == "imagefolder" and not _is(root.is_dir):
+            raise ValueError(f"data.root: {self.data.root!r} does not exist (imagefolder reads train/ and val/ there)")
         for stage in ("teacher", "student"):
             w = getattr(self, stage).weights
             if w not in ("none", "imagenet") and not _is(Path(w).is_file):
                 raise ValueError(f"{stage}.weights: {w!r} is neither 'none', 'imagenet' nor an existing file")
+        for stage in ("teacher", "student"):
+            arch = getattr(self, stage).arch
+            if arch not in ARCHS:  # the built-ins take any size; others may not (ViT: 224 px only)
+                from .models import input_problem
+
+                problem = input_problem(arch, self.data.image_size)
+                if problem:
+                    raise ValueError(f"data.image_size: {problem}")
+        if "l1_structured" in self.prune.method and self.student.arch not in ARCHS:
+            from .structured import arch_problem as structured_problem
+
+            problem = structured_problem(self.student.arch)
+            if problem:
+                raise ValueError(f"prune.method: {problem}")
         if "int8" in self.quantize.method and "onnxruntime" not in self.measure.runtimes:
             raise ValueError("quantize.method: int8 models run in ONNX Runtime; add onnxruntime to measure.runtimes")
         return self
@@ -249,7 +309,8 @@ def _format_error(err: ValidationError) -> str:
     if e["type"] == "value_error":
         # cross-field checks name their key themselves ("data.root: ..."); field checks already quote the value
         head, _, rest = msg.partition(": ")
-        if head in ("data.root", "teacher.weights", "student.weights", "quantize.method", "measure.devices"):
+        if head in ("data.root", "data.image_size", "teacher.weights", "student.weights", "quantize.method",
+                    "measure.devices", "prune.method"):
             return f"config key {head!r}: {rest}"
         return f"config key {key!r}: {msg}"
     return f"config key {key!r}: {msg} (got {e.get('input')!r})"
@@ -314,13 +375,55 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
-def build_config(raw: dict, overrides: list[str] | None = None) -> Config:
-    """Validate plain data (plus overrides) into a Config, or raise ConfigError naming the key."""
-    data = _merge(Config().model_dump(mode="json"), apply_overrides(raw, overrides))
+def _leaf_keys(model: type[BaseModel] = None, prefix: str = "") -> set[str]:
+    """Every dotted key of the config that a sweep may name (fields of sections, top-level scalars)."""
+    model = model or Config
+    out = set()
+    for name, field in model.model_fields.items():
+        sub = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        if sub is not None:
+            out |= _leaf_keys(sub, f"{prefix}{name}.")
+            if prefix:
+                out.add(prefix + name)  # a nested section (data.randaugment) can be swept as a whole
+        else:
+            out.add(prefix + name)
+    return out
+
+
+def _flatten(sweep: Any, prefix: str = "") -> Any:
+    """`sweep:` as dotted keys; `--set sweep.student.arch=[a,b]` arrives nested ({'student': {'arch': [...]}})."""
+    if not isinstance(sweep, dict):
+        return sweep
+    out: dict = {}
+    for k, v in sweep.items():
+        key = f"{prefix}{k}"
+        out |= _flatten(v, key + ".") if isinstance(v, dict) else {key: v}
+    return out
+
+
+def _validate(data: dict) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_error(err)) from None
+
+
+def build_config(raw: dict, overrides: list[str] | None = None) -> Config:
+    """Validate plain data (plus overrides) into a Config, or raise ConfigError naming the key.
+
+    The sweep section is checked value by value (axes.validate); keys that are grid axes already take the swept list,
+    one-value keys become plain settings, and `Config.sweep` keeps only the keys that multiply configs.
+    """
+    from . import axes
+
+    data = _merge(Config().model_dump(mode="json"), apply_overrides(raw, overrides))
+    sweep = _flatten(data.pop("sweep", None) or {})
+    _validate(data)  # the base config first: its errors name plain keys
+    swept = axes.validate(data, sweep, _leaf_keys(), _validate)
+    lists, multi = axes.split(swept)
+    for key, values in list(lists.items()) + [(k, v[0]) for k, v in multi.items() if len(v) == 1]:
+        data = axes.set_key(data, key, values)
+    return _validate(data | {"sweep": {k: v for k, v in multi.items() if len(v) > 1}})
 
 
 def load_config(source: "str | Path | dict | Config", overrides: list[str] | None = None) -> Config:
@@ -337,22 +440,59 @@ def config_hash(settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _data_settings(cfg: Config) -> dict:
-    # `root`, `download` and `verify` say where data lives, not what it is: they do not change results.
-    return cfg.data.model_dump(exclude={"root", "download", "verify"})
+# DataConfig keys that enter a hash only where they change the work: older experiments keep their hashes
+_DATA_WHERE = {"root", "download", "verify", "stored_size", "randaugment", "mixup_alpha", "cutmix_alpha"}
+
+
+def stage_augment(cfg: Config, stage: str) -> list[str]:
+    """The augmentation a stage trains with: `teacher.augment` / `student.augment`, else `data.augment`.
+
+    Pruned variants recover with the student's views (they continue its view stream)."""
+    own = cfg.teacher.augment if stage == "teacher" else cfg.student.augment
+    return list(cfg.data.augment if own is None else own)
+
+
+def _data_settings(cfg: Config, augment: list[str] | None = None) -> dict:
+    """What the data and (with `augment`) a stage's views are; `root`, `download` and `verify` say where data lives,
+    not what it is, so they are left out, and so is every key that does not apply (written as before it existed)."""
+    d = cfg.data.model_dump(exclude=_DATA_WHERE)
+    aug = d["augment"] = list(cfg.data.augment if augment is None else augment)
+    if cfg.data.dataset == "imagefolder":
+        d["stored_size"] = cfg.data.stored_size
+    if "randaugment" in aug:
+        d["randaugment"] = cfg.data.randaugment.model_dump()
+    if "mixup" in aug:
+        d["mixup_alpha"] = cfg.data.mixup_alpha
+    if "cutmix" in aug:
+        d["cutmix_alpha"] = cfg.data.cutmix_alpha
+    return d
+
+
+def _train_settings(c: TrainConfig) -> dict:
+    return c.model_dump(exclude={"augment"})  # the stage's augmentation is part of its data settings
 
 
 def teacher_settings(cfg: Config, seed: int) -> dict:
     """Everything that determines the teacher checkpoint of one seed."""
-    return {"stage": "teacher", "seed": seed, "data": _data_settings(cfg), "teacher": cfg.teacher.model_dump()}
+    return {"stage": "teacher", "seed": seed, "data": _data_settings(cfg, stage_augment(cfg, "teacher")),
+            "teacher": _train_settings(cfg.teacher)}
 
 
 def student_settings(cfg: Config, seed: int, temperature: float | None, alpha: float) -> dict:
     """Everything that determines one student checkpoint (alpha 0: the no-KD baseline, teacher-independent)."""
-    s = {"stage": "student", "seed": seed, "data": _data_settings(cfg), "student": cfg.student.model_dump(),
-         "alpha": alpha, "label_smoothing": cfg.kd.label_smoothing}
+    s = {"stage": "student", "seed": seed, "data": _data_settings(cfg, stage_augment(cfg, "student")),
+         "student": _train_settings(cfg.student), "alpha": alpha, "label_smoothing": cfg.kd.label_smoothing}
     if alpha > 0:
         s |= {"temperature": temperature, "teacher": config_hash(teacher_settings(cfg, seed))}
+    return s
+
+
+def logits_settings(cfg: Config, seed: int) -> dict:
+    """What the cached teacher logits of one seed are: the teacher's outputs on every student view of every epoch."""
+    s = {"teacher": config_hash(teacher_settings(cfg, seed)), "epochs": cfg.student.epochs + cfg.prune.recovery_epochs}
+    views = _data_settings(cfg, stage_augment(cfg, "student"))
+    if views != _data_settings(cfg, stage_augment(cfg, "teacher")):  # else the teacher's hash already says it
+        s["views"] = views
     return s
 
 
@@ -370,5 +510,6 @@ def pruned_settings(cfg: Config, seed: int, temperature: float | None, alpha: fl
 
 def quantized_settings(cfg: Config, parent_hash: str, method: str) -> dict:
     """Everything that determines one quantized model: its fp32 parent, the method and the calibration."""
+    # calibration views are un-augmented; data.augment is in the dict only because it always was (hash stability)
     return {"stage": "quantized", "parent": parent_hash, "method": method, "calib_batches": cfg.quantize.calib_batches,
             "data": _data_settings(cfg)}

@@ -1,10 +1,13 @@
 """Config -> stage DAG of content-addressed variants: each piece of work appears once."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+from dataclasses import asdict, dataclass, replace
 from typing import Iterator
 
-from .config import Config, config_hash, pruned_settings, quantized_settings, student_settings, teacher_settings
+from . import axes as ax
+from .config import (Config, ConfigError, config_hash, logits_settings, pruned_settings, quantized_settings,
+                     student_settings, teacher_settings)
 
 STAGES = ("teacher", "baseline", "student", "pruned", "quantized")
 STRUCTURED = "l1_structured"
@@ -27,6 +30,13 @@ class Variant:
     parent: str | None = None  # key of the variant whose checkpoint this one starts from
     prune_method: str | None = None  # pruned variants and their quantized children
     precision: str = "fp32"  # quantized variants: "int8"
+    axes: str = ""  # the swept keys (sweep:) this variant depends on, canonical JSON {dotted key: value}
+    suffix: str = ""  # what tells it apart from variants of the same coordinates: '-student.arch=mobilenet_v2'
+
+    @property
+    def values(self) -> dict:
+        """The swept values this variant depends on: {dotted key: value}."""
+        return json.loads(self.axes) if self.axes else {}
 
     @property
     def key(self) -> str:
@@ -40,7 +50,7 @@ class Variant:
             parts.append(f"p{_g(self.prune_amount)}")
             if self.prune_method == STRUCTURED:  # unstructured keeps the key it had before methods became an axis
                 parts.append("structured")
-        return "-".join(parts + [f"s{self.seed}"])
+        return "-".join(parts + [f"s{self.seed}"]) + self.suffix
 
     @property
     def label(self) -> str:
@@ -48,13 +58,14 @@ class Variant:
         if self.stage == "quantized":
             return f"{self.base().label} {self.precision}"
         if self.stage == "teacher":
-            return "teacher"
-        if self.stage == "baseline":
-            return "student-ce (no KD)"
-        label = f"student-kd T={_g(self.temperature)} a={_g(self.alpha)}"
+            label = "teacher"
+        elif self.stage == "baseline":
+            label = "student-ce (no KD)"
+        else:
+            label = f"student-kd T={_g(self.temperature)} a={_g(self.alpha)}"
         if self.stage == "pruned":
             label += f" p={_g(self.prune_amount)}" + (" structured" if self.prune_method == STRUCTURED else "")
-        return label
+        return label + "".join(f" {k}={ax.render(v)}" for k, v in self.values.items())
 
     def base(self) -> "Variant":
         """The fp32 variant a quantized one was made from (itself otherwise), rebuilt from its coordinates."""
@@ -62,14 +73,14 @@ class Variant:
             return self
         stage = self.parent.split("-", 1)[0]
         return Variant(stage, self.seed, self.temperature, self.alpha, self.prune_amount,
-                       prune_method=self.prune_method)
+                       prune_method=self.prune_method, axes=self.axes)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Variant":
-        return cls(**d)
+        return cls(**d)  # dicts written before sweeps lack axes/suffix: the defaults are what they meant
 
 
 @dataclass(frozen=True)
@@ -91,8 +102,9 @@ class Plan:
         return len(self.variants)
 
 
-def make_plan(cfg: Config) -> Plan:
-    """1 teacher and 1 no-KD baseline per seed, 1 KD student per (T, alpha, seed), 1 pruned per (T, alpha, p, seed)."""
+def _plan_one(cfg: Config) -> list[Variant]:
+    """1 teacher and 1 no-KD baseline per seed, 1 KD student per (T, alpha, seed), 1 pruned per (T, alpha, p, method,
+    seed), 1 quantized per (method, variant of quantize.stages): one config, no sweep."""
     out: list[Variant] = []
     for seed in cfg.seeds:
         teacher = Variant("teacher", seed, config_hash=config_hash(teacher_settings(cfg, seed)))
@@ -116,7 +128,97 @@ def make_plan(cfg: Config) -> Plan:
             out.append(Variant("quantized", v.seed, v.temperature, v.alpha, v.prune_amount,
                                config_hash(quantized_settings(cfg, v.config_hash, method)), v.key,
                                prune_method=v.prune_method, precision=method))
-    return Plan(tuple(out))
+    return out
+
+
+def combo_config(cfg: Config, values: dict) -> Config:
+    """`cfg` with swept values set and no sweep section: the config one combination (or one variant) trains with."""
+    raw = cfg.model_dump(mode="json") | {"sweep": {}}
+    for key, value in values.items():
+        raw = ax.set_key(raw, key, value)
+    return Config.model_validate(raw)
+
+
+_CONFIGS: dict[tuple[int, str], tuple[Config, Config]] = {}
+
+
+def variant_config(cfg: Config, v: Variant) -> Config:
+    """The config a variant of `cfg`'s plan was planned with (cfg itself when nothing is swept)."""
+    if not cfg.sweep and not v.axes:
+        return cfg
+    hit = _CONFIGS.get((id(cfg), v.axes))
+    if hit is None or hit[0] is not cfg:  # the stored cfg keeps its id from being reused by another object
+        hit = _CONFIGS[(id(cfg), v.axes)] = (cfg, combo_config(cfg, v.values))
+    return hit[1]
+
+
+def make_plan(cfg: Config) -> Plan:
+    """Every variant of the sweep once: each combination of `cfg.sweep` planned as one config, merged by content hash.
+
+    A variant's `axes` are the swept values it depends on (those equal in every combination that plans it: the
+    teacher of a student-arch sweep has none); variants that share coordinates but not settings get a suffix naming
+    the values that differ. Raises ConfigError past `max_variants`.
+    """
+    if not cfg.sweep:
+        plan = _plan_one(cfg)
+        _check_size(cfg, plan)
+        return Plan(tuple(plan))
+    found: dict[str, list[tuple[dict, Variant, dict[str, str]]]] = {}  # hash -> (combo values, variant, key->hash)
+    for combo in ax.combos(cfg.sweep, cfg.max_variants):
+        values = combo.as_dict()
+        plan = _plan_one(combo_config(cfg, values))
+        hashes = {v.key: v.config_hash for v in plan}
+        for v in plan:
+            found.setdefault(v.config_hash, []).append((values, v, hashes))
+    merged: dict[str, Variant] = {}
+    for h, seen in found.items():  # dict order: first-seen order, parents before children
+        first = seen[0][0]
+        dep = {k: val for k, val in first.items() if all(json.dumps(s[0][k]) == json.dumps(val) for s in seen)}
+        merged[h] = replace(seen[0][1], axes=ax.canonical(dep))
+    _suffix(merged)
+    final = {h: v for h, v in merged.items()}
+    for h, v in merged.items():
+        if v.parent is not None:  # the parent's combination-local key -> its final key
+            values, local, hashes = found[h][0]
+            final[h] = replace(final[h], parent=final[hashes[local.parent]].key)
+    plan = sorted(final.values(), key=lambda v: STAGES.index(v.stage))  # stage order is dependency order
+    _check_size(cfg, plan)
+    return Plan(tuple(plan))
+
+
+def _suffix(merged: dict[str, Variant]) -> None:
+    """Give variants that would share a key a suffix naming the swept values that tell them apart (in place)."""
+    groups: dict[str, list[str]] = {}
+    for h, v in merged.items():
+        if v.stage != "quantized":  # a quantized key is its parent's, made unique here first
+            groups.setdefault(v.key, []).append(h)
+    for hashes in (g for g in groups.values() if len(g) > 1):
+        vals = [merged[h].values for h in hashes]
+        keys = [k for k in dict.fromkeys(k for d in vals for k in d)
+                if len({json.dumps(d.get(k), sort_keys=True) for d in vals}) > 1]
+        for h, d in zip(hashes, vals):
+            suffix = "".join(f"-{ax.key_part(k, d[k])}" for k in keys if k in d)
+            merged[h] = replace(merged[h], suffix=suffix)
+        if len({merged[h].key for h in hashes}) < len(hashes):  # values render alike: the hash decides
+            for h in hashes:
+                merged[h] = replace(merged[h], suffix=merged[h].suffix + f"-{h[:6]}")
+
+
+def _check_size(cfg: Config, plan: list[Variant]) -> None:
+    if len(plan) > cfg.max_variants:
+        raise ConfigError(f"config key 'max_variants': the plan has {len(plan):,} variants, more than max_variants "
+                          f"{cfg.max_variants:,}; raise it (--set max_variants=N) if you mean it")
+
+
+def teacher_of(v: Variant, by_key: dict[str, Variant]) -> Variant:
+    """The teacher a KD student or its pruned variant distils from."""
+    s = by_key[v.parent] if v.stage == "pruned" else v
+    return by_key[s.parent]
+
+
+def logits_key(cfg: Config, v: Variant) -> str:
+    """The task id of the cached teacher logits a KD variant reads (one per teacher and set of student views)."""
+    return f"logits-s{v.seed}-{config_hash(logits_settings(variant_config(cfg, v), v.seed))[:8]}"
 
 
 def describe(plan: Plan, cfg: Config, gpus: float | None = None) -> str:
@@ -129,12 +231,19 @@ def describe(plan: Plan, cfg: Config, gpus: float | None = None) -> str:
         n = len(plan.stage(s))
         if n:
             lines.append(f"  {s:<10}{n:>9}  {res.cpus_per_trial:g} CPU, {gpu:g} GPU")
-    kd_n = len(plan.stage("student"))
-    if kd_n:
+    if cfg.sweep:
+        sizes = " x ".join(f"{k} ({len(v)})" for k, v in cfg.sweep.items())
+        n = 1
+        for v in cfg.sweep.values():
+            n *= len(v)
+        lines.append(f"  sweep: {sizes} = {n} combinations on top of the built-in axes; shared work planned once")
+    kd = [v for v in plan if v.stage in ("student", "pruned") and v.alpha]
+    if kd:
         mode = cfg.kd.teacher_logits
-        epochs = cfg.student.epochs + cfg.prune.recovery_epochs
-        lines.append(f"  teacher logits: {mode}" + (f" (one pass per seed over {epochs} epochs of views, "
-                     f"shared by {kd_n // len(cfg.seeds)} KD students and their pruned variants)" if mode == "cached" else ""))
+        caches = {logits_key(cfg, v) for v in kd}
+        students = sum(v.stage == "student" for v in plan)
+        lines.append(f"  teacher logits: {mode}" + (f" ({len(caches)} teacher pass(es) over every student view, shared "
+                     f"by {students} KD students and their pruned variants)" if mode == "cached" else ""))
     if plan.stage("quantized"):
         lines.append(f"  quantized: ONNX Runtime static INT8 of {', '.join(cfg.quantize.stages)}, calibrated on "
                      f"{cfg.quantize.calib_batches} batches of training views")

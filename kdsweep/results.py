@@ -33,6 +33,8 @@ SCHEMA = pa.schema([
     ("runtime", pa.string()), ("precision", pa.string()), ("prune_method", pa.string()), ("macs", pa.int64()),
     ("size_bytes", pa.int64()), ("latency_ci95_ms", pa.float64()), ("latency_iters", pa.int64()),
     ("onnx_file", pa.string()), ("onnx_max_abs_diff", pa.float64()), ("top1_agreement", pa.float64()),
+    # swept config keys (the `sweep:` section) this variant depends on: a JSON object, dotted key -> value
+    ("axes", pa.string()),
 ])
 COLUMNS = SCHEMA.names
 

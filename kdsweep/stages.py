@@ -19,12 +19,12 @@ from torch import nn
 
 from . import storage
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import Config, config_hash, teacher_settings
+from .config import Config, config_hash, logits_settings, stage_augment
 from .data import Dataset, ViewSpec, make_views
 from .engine import DivergedError, TrainSpec, recalibrate_bn, teacher_logits, train
 from .measure import accuracy, count_macs, device_label, model_size, predict
 from .models import build_model, set_bn_momentum
-from .plan import STRUCTURED, Variant
+from .plan import STRUCTURED, Variant, teacher_of, variant_config
 from .pruning import apply_pruning, make_permanent, sparsity_report
 
 # images of the test split that every ONNX export is checked on against PyTorch (batch > 1: the batch axis is dynamic)
@@ -70,13 +70,19 @@ class Paths:
         return storage.join(self.root, "results", f"{v.key}.parquet")
 
     def teacher_logits(self, cfg: Config, seed: int) -> str:
-        epochs = cfg.student.epochs + cfg.prune.recovery_epochs
-        h = config_hash({"teacher": config_hash(teacher_settings(cfg, seed)), "epochs": epochs})
+        h = config_hash(logits_settings(cfg, seed))
         return storage.join(self.root, "artifacts", f"teacher_logits-s{seed}-{h[:10]}.pt")
 
 
 def arch_of(cfg: Config, v: Variant) -> str:
-    return cfg.teacher.arch if v.base().stage == "teacher" else cfg.student.arch
+    vc = variant_config(cfg, v)
+    return vc.teacher.arch if v.base().stage == "teacher" else vc.student.arch
+
+
+def view_of(cfg: Config, v: Variant) -> ViewSpec:
+    """The training views of a variant: the teacher's augmentation for the teacher, the student's for the rest."""
+    vc = variant_config(cfg, v)
+    return ViewSpec.from_config(vc.data, stage_augment(vc, "teacher" if v.base().stage == "teacher" else "student"))
 
 
 def load_model(cfg: Config, v: Variant, paths: Paths, num_classes: int) -> nn.Module:
@@ -137,6 +143,7 @@ def train_variant(cfg: Config, v: Variant, paths: Paths, data: Dataset, device: 
     while training (a corrupt checkpoint set aside, a layer pruned past 90 %) go into the record's `warnings`, so
     the driver can show them: a trial's own stderr is not where users look.
     """
+    cfg = variant_config(cfg, v)  # what this variant's combination of the sweep sets
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -155,7 +162,7 @@ def train_variant(cfg: Config, v: Variant, paths: Paths, data: Dataset, device: 
 def _train(cfg: Config, v: Variant, paths: Paths, data: Dataset, device: torch.device,
            plan_by_key: dict[str, Variant], on_epoch: Callable[[dict], None] | None) -> dict:
     t0 = time.perf_counter()
-    view = ViewSpec.from_config(cfg.data)
+    view = view_of(cfg, v)
     runs = _bump_runs(paths, v)
     teacher_model, logits, logits_name = None, None, None
     # a model built from scratch is initialised from the variant's seed, so one config hash means one set of weights
@@ -172,7 +179,7 @@ def _train(cfg: Config, v: Variant, paths: Paths, data: Dataset, device: torch.d
                 lp = paths.teacher_logits(cfg, v.seed)
                 logits, logits_name = load_checkpoint(lp), storage.basename(lp)
             else:
-                tv = plan_by_key[f"teacher-s{v.seed}"]
+                tv = teacher_of(v, plan_by_key)
                 teacher_model = build_model(cfg.teacher.arch, data.num_classes, str(paths.model(tv)),
                                             cfg.teacher.bn_momentum, key="teacher")
                 logits_name = "online"
@@ -224,7 +231,8 @@ def _prune_structured(cfg: Config, v: Variant, paths: Paths, model: nn.Module) -
     if storage.exists(where):
         replay(model, json.loads(storage.read_text(where)))
         return
-    history = structured_prune(model, v.prune_amount, cfg.data.image_size, cfg.prune.round_to, cfg.prune.scope)
+    history = structured_prune(model, v.prune_amount, cfg.data.image_size, cfg.prune.round_to, cfg.prune.scope,
+                               arch=arch_of(cfg, v))
     storage.write_bytes(where, json.dumps(history).encode())
 
 
@@ -255,7 +263,7 @@ def _quantize(cfg: Config, v: Variant, paths: Paths, data: Dataset, plan_by_key:
     runs = _bump_runs(paths, v)
     parent = plan_by_key[v.parent]
     prec = read_record(paths.record(parent)) or {}
-    view = ViewSpec.from_config(cfg.data)
+    view = ViewSpec.from_config(cfg.data, [])  # calibration and evaluation views are not augmented
     model = load_model(cfg, parent, paths, data.num_classes)
     if not storage.exists(paths.onnx(parent)):  # exported by its training task, unless that predates export
         export = export_variant(cfg, parent, paths, model, data, view)
@@ -283,15 +291,17 @@ def _quantize(cfg: Config, v: Variant, paths: Paths, data: Dataset, plan_by_key:
 
 
 def ensure_teacher_logits(cfg: Config, seed: int, paths: Paths, data: Dataset, device: torch.device,
-                          teacher: Variant) -> str:
-    """Compute (once) the teacher's logits for every view the students and their recovery epochs will see."""
+                          teacher: Variant, student: Variant) -> str:
+    """Compute (once) the teacher's logits for every view `student` (and any student sharing its views and teacher)
+    and their recovery epochs will see."""
+    cfg = variant_config(cfg, student)
     out = paths.teacher_logits(cfg, seed)
     if storage.exists(out):
         return out
     model = build_model(cfg.teacher.arch, data.num_classes, str(paths.model(teacher)), cfg.teacher.bn_momentum,
                         key="teacher")
     epochs = cfg.student.epochs + cfg.prune.recovery_epochs
-    save_checkpoint(teacher_logits(model, data, ViewSpec.from_config(cfg.data), seed, epochs, device), out)
+    save_checkpoint(teacher_logits(model, data, view_of(cfg, student), seed, epochs, device), out)
     return out
 
 
@@ -304,25 +314,25 @@ def measure_latencies(cfg: Config, variants: list[Variant], paths: Paths, data: 
     """
     from .runtimes import ort_session, ort_runner, runtime_label, time_interleaved, torch_runner
 
-    view = ViewSpec.from_config(cfg.data)
     out: dict[str, list[dict]] = {v.key: [] for v in variants}
     for dev in devices:
         device = torch.device("cuda", 0) if dev == "cuda" else torch.device("cpu")
         runners, meta = {}, {}
         for v in variants:
             model, extra = None, {}
+            vc = variant_config(cfg, v)  # its image size (data.image_size may be swept)
             for rt, _ in runtime_rows(cfg, v, [dev]):
                 label = runtime_label(rt, dev)
                 entry = {"runtime": label, "latency_device": device_label(device), "precision": v.precision}
                 try:
                     if rt == "torch":
                         model = model or load_model(cfg, v, paths, data.num_classes)
-                        runner = torch_runner(model.to(device), cfg.data.image_size, device, v.precision)
+                        runner = torch_runner(model.to(device), vc.data.image_size, device, v.precision)
                     else:
-                        onnx, exported = _onnx_bytes(cfg, v, paths, data, view)
+                        onnx, exported = _onnx_bytes(vc, v, paths, data, view_of(vc, v))
                         extra |= exported
                         runner = ort_runner(ort_session(onnx, dev, threads, tensorrt=rt == "tensorrt"),
-                                            cfg.data.image_size, v.precision)
+                                            vc.data.image_size, v.precision)
                 except Exception as exc:  # noqa: BLE001 - one runtime failing on one model must not stop the rest
                     out[v.key].append(entry | extra | {"error": f"{label}: {_one_line(exc)}"})
                     continue

@@ -19,7 +19,7 @@ from . import storage as store
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import Config, ConfigError, load_config
 from .data import load_dataset
-from .plan import Plan, Variant, describe, make_plan
+from .plan import Plan, Variant, describe, logits_key, make_plan, teacher_of, variant_config
 from .results import COLUMNS, ResultError, provenance, read_row, read_rows, write_rows
 from .schedule import Task
 from .stages import Paths, read_record, runtime_rows
@@ -63,7 +63,7 @@ def _rows(v: Variant, record: dict | None, status: str, error: str | None = None
     """A variant's result rows: one per (runtime, device) it was timed under, else one without latency."""
     row = {"variant": v.label, "stage": v.stage, "temperature": v.temperature, "alpha": v.alpha,
            "prune_amount": v.prune_amount, "seed": v.seed, "key": v.key, "parent": v.parent,
-           "prune_method": v.prune_method, "precision": v.precision}
+           "prune_method": v.prune_method, "precision": v.precision, "axes": v.axes or None}
     row |= {k: val for k, val in (record or {}).items() if k in COLUMNS}
     row |= provenance() | {"status": status, "error": error, "config_hash": v.config_hash}
     rows = []
@@ -231,18 +231,23 @@ class Sweep:
         todo = [v for v in left if not self.trained(v)]
         todo_keys = {v.key for v in todo}
         cached = self.cfg.kd.teacher_logits == "cached"
-        seeds = sorted({v.seed for v in todo if v.stage in ("student", "pruned") and v.alpha > 0})
-        logits = {s: f"logits-s{s}" for s in seeds
-                  if cached and not store.exists(self.paths.teacher_logits(self.cfg, s))}
-        tasks = [Task(lid, "logits", "logits", tuple(k for k in [f"teacher-s{s}"] if k in todo_keys), {"seed": s})
-                 for s, lid in logits.items()]
+        logits: dict[str, Variant] = {}  # one task per (teacher, student views) left to compute: its first KD user
+        for v in todo:
+            if cached and v.stage in ("student", "pruned") and v.alpha > 0 and logits_key(self.cfg, v) not in logits:
+                if not store.exists(self.paths.teacher_logits(variant_config(self.cfg, v), v.seed)):
+                    logits[logits_key(self.cfg, v)] = v
+        tasks = []
+        for lid, v in logits.items():
+            teacher = teacher_of(v, self.by_key).key
+            tasks.append(Task(lid, "logits", "logits", tuple(k for k in [teacher] if k in todo_keys),
+                              {"seed": v.seed, "teacher": teacher, "student": v.key}))
         for v in todo:
             deps = [v.parent] if v.parent else []
-            if v.stage == "student" and cached:
-                deps = [f"logits-s{v.seed}"]  # its teacher, through the logits
+            if v.stage == "student" and v.alpha > 0 and cached:
+                deps = [logits_key(self.cfg, v)]  # its teacher, through the logits
             elif v.stage == "pruned" and cached:
-                deps.append(f"logits-s{v.seed}")  # recovery epochs distil too (usually implied by the parent)
-            deps = [d for d in deps if d in todo_keys or d in logits.values()]
+                deps.append(logits_key(self.cfg, v))  # recovery epochs distil too (usually implied by the parent)
+            deps = [d for d in deps if d in todo_keys or d in logits]
             tasks.append(Task(v.key, "train", v.stage, tuple(deps), {"variant": v.to_dict()}))
         if left:
             # every model of the sweep is timed again, together: latencies from separate sessions are not comparable
@@ -324,7 +329,9 @@ class Sweep:
                 write_rows(_rows(v, None, "skipped", problem or f"skipped: {done.get(v.key, 'not run')}"), out)
 
     def _logits_problem(self, v: Variant, done: dict[str, str], crashed: dict[str, str]) -> str | None:
-        lid = f"logits-s{v.seed}"
+        if not v.alpha:
+            return None
+        lid = logits_key(self.cfg, v)
         if lid in done and done[lid] != "ok":
             return f"skipped: teacher logits for seed {v.seed} failed ({crashed.get(lid) or done[lid]})"
         return None
@@ -389,7 +396,7 @@ def _save_experiment(exp: "Path | str", cfg: Config, plan: Plan) -> None:
     store.write_bytes(store.join(exp, "config.yaml"),
                       yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).encode())
     store.write_bytes(store.join(exp, "plan.json"),
-                      json.dumps([v.to_dict() | {"key": v.key} for v in plan], indent=1).encode())
+                      json.dumps([v.to_dict() | {"key": v.key, "variant": v.label} for v in plan], indent=1).encode())
 
 
 def run(config: "str | Path | dict | Config", overrides: list[str] | None = None, storage: str | Path = "./runs",

@@ -85,8 +85,8 @@ def _run_task(config: dict, shared: list) -> None:
     if config["task"] == "train":
         _train(cfg, paths, plan, data, Variant.from_dict(config["variant"]))
     elif config["task"] == "logits":
-        seed = config["seed"]
-        ensure_teacher_logits(cfg, seed, paths, data, trial_device(), plan[f"teacher-s{seed}"])
+        ensure_teacher_logits(cfg, config["seed"], paths, data, trial_device(), plan[config["teacher"]],
+                              plan[config["student"]])
         tune.report({"status": "ok", "final": True})
     else:
         _latency(cfg, paths, plan, data, config["keys"], config["devices"])

@@ -1,0 +1,138 @@
+"""The `sweep:` section: any key as an axis, validated value by value, with work shared by content hash."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from kdsweep.config import ConfigError, load_config
+from kdsweep.plan import make_plan
+from kdsweep.stages import Paths
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
+ABLATION = str(ROOT / "configs" / "ablation.yaml")
+# one T, alpha and p: per combination 1 baseline + 1 KD student + 1 pruned; tiny data, one epoch each
+TINY = ["data.train_limit=160", "data.test_limit=80", "teacher.epochs=1", "student.epochs=1", "prune.recovery_epochs=1",
+        "kd.temperature=[4]", "kd.alpha=[0.9]", "prune.amount=[0.5]", "measure.iters=3", "measure.warmup=1",
+        "measure.runtimes=[torch]"]
+SWEEP = ["sweep.student.arch=[mobilenet_v3_small,resnet18]", "sweep.student.augment=[[],[crop]]"]
+
+
+def test_old_hashes_and_keys_unchanged_without_a_sweep():
+    """Keys and hashes of a config with augmentation, structured pruning and INT8, computed by the code before the
+    sweep section existed (commit f19b2d3): an older experiment resumes without retraining."""
+    cfg = load_config(SMOKE, ["data.augment=[crop]", "kd.temperature=[4]", "kd.alpha=[0.9]", "prune.amount=[0.5]",
+                              "prune.method=[l1_unstructured,l1_structured]", "quantize.method=[none,int8]",
+                              "quantize.stages=[teacher,pruned]"])
+    assert {v.key: v.config_hash for v in make_plan(cfg)} == {
+        "teacher-s0": "bbe62e9de00ef414", "baseline-s0": "bfbeb3bafc06c276", "student-T4-a0.9-s0": "ad6b2808098bf191",
+        "pruned-T4-a0.9-p0.5-s0": "7545d586b6d6b052", "pruned-T4-a0.9-p0.5-structured-s0": "0b3cb15686a79902",
+        "int8-teacher-s0": "8ae9f8984ea5bf1f", "int8-pruned-T4-a0.9-p0.5-s0": "bf2fb73267438f74",
+        "int8-pruned-T4-a0.9-p0.5-structured-s0": "3655d04264d86caf"}
+    assert os.path.basename(Paths("/x").teacher_logits(cfg, 0)) == "teacher_logits-s0-ec3b0369f4.pt"
+    # a per-stage augment equal to data.augment is the same work, hence the same hashes
+    same = load_config(cfg.model_dump(mode="json"), ["teacher.augment=[crop]", "student.augment=[crop]"])
+    assert [v.config_hash for v in make_plan(same)] == [v.config_hash for v in make_plan(cfg)]
+
+
+def test_plan_shares_work_across_student_settings():
+    cfg = load_config(SMOKE, TINY + SWEEP + ["sweep.teacher.epochs=[1,2]"])
+    plan = make_plan(cfg)
+    by_stage = {s: len(plan.stage(s)) for s in ("teacher", "baseline", "student", "pruned")}
+    # teachers: one per teacher.epochs (not per student arch or augment); baselines: one per student setting (they
+    # have no teacher); KD students and pruned: every combination
+    assert by_stage == {"teacher": 2, "baseline": 4, "student": 8, "pruned": 8}
+    assert len({v.key for v in plan}) == len(plan) == len({v.config_hash for v in plan})
+    teachers = plan.stage("teacher")
+    assert sorted(v.values["teacher.epochs"] for v in teachers) == [1, 2] and all(len(v.values) == 1 for v in teachers)
+    by_key = plan.by_key()
+    for v in plan.stage("student"):  # a student's parent is the teacher of its own teacher.epochs
+        assert by_key[v.parent].values["teacher.epochs"] == v.values["teacher.epochs"]
+        assert set(v.values) == {"student.arch", "student.augment", "teacher.epochs"}
+    for v in plan.stage("baseline"):
+        assert set(v.values) == {"student.arch", "student.augment"}
+    # a list axis in the sweep takes the list instead of multiplying configs
+    cfg2 = load_config(SMOKE, TINY + ["sweep.kd.alpha=[0.5,0.9]"])
+    assert cfg2.kd.alpha == [0.5, 0.9] and cfg2.sweep == {}
+    assert [v.key for v in make_plan(cfg2).stage("student")] == ["student-T4-a0.5-s0", "student-T4-a0.9-s0"]
+
+
+def test_plan_limit_names_the_key():
+    cfg = load_config(SMOKE, TINY + SWEEP + ["max_variants=12"])
+    with pytest.raises(ConfigError, match=r"^config key 'max_variants': the plan has 13 variants"):
+        make_plan(cfg)
+    # far more combinations than the limit: refused before expanding them
+    huge = load_config(SMOKE, ["max_variants=1", "sweep.teacher.epochs=" + str(list(range(1, 40)))])
+    with pytest.raises(ConfigError, match=r"^config key 'max_variants': the sweep has 39 combinations"):
+        make_plan(huge)
+
+
+@pytest.mark.parametrize("item, message", [
+    ("sweep.student.arch=[mobilenet_v3_small,nosuchnet]", "config key 'sweep.student.arch': value 'nosuchnet': "),
+    ("sweep.student.archh=[resnet18]", "config key 'sweep.student.archh': unknown config key (did you mean "
+                                       "'sweep.student.arch'?)"),
+    ("sweep.teacher.epochs=3", "config key 'sweep.teacher.epochs': expected a list of values"),
+    ("sweep.teacher.epochs=[]", "config key 'sweep.teacher.epochs': an empty list"),
+    ("sweep.teacher.lr=[-1]", "config key 'sweep.teacher.lr': value -1: "),
+    ("sweep.student.augment=[[crop],[tilt]]", "config key 'sweep.student.augment': value ['tilt']: "),
+    ("sweep.measure.iters=[5,10]", "config key 'sweep.measure.iters': not an axis"),
+    ("sweep.data.dataset=[digits,cifar10]", "config key 'sweep.data.dataset': not an axis"),
+])
+def test_bad_sweep_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, item, message):
+    from kdsweep.cli import main
+
+    store = tmp_path / "runs"
+    assert main(["run", SMOKE, "--storage", str(store), "--set", item]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kdsweep: error: " + message), err
+    assert not store.exists()
+
+
+def test_ablation_config_plans_43_variants_with_one_teacher(capsys):
+    from kdsweep.cli import main
+
+    assert main(["plan", ABLATION]) == 0
+    out = capsys.readouterr().out
+    counts = {ln.split()[0]: int(ln.split()[1]) for ln in out.splitlines()
+              if len(ln.split()) > 1 and ln.split()[0] in ("teacher", "baseline", "student", "pruned")
+              and ln.split()[1].isdigit()}
+    assert counts == {"teacher": 1, "baseline": 6, "student": 12, "pruned": 24}
+    assert "sweep: student.arch (2) x student.augment (3) = 6 combinations" in out
+    assert "3 teacher pass(es)" in out  # one per student augmentation, shared by both archs
+
+
+@pytest.mark.slow
+def test_ablation_sweep_trains_each_variant_once_and_resumes(tmp_path):
+    """configs/ablation.yaml at toy size (one alpha, one p): 2 archs x 3 augmentations (crop, randaugment, mixup)."""
+    import kdsweep
+    from kdsweep.analysis import load_experiment
+
+    exp = kdsweep.run(ABLATION, overrides=TINY, storage=tmp_path, name="abl")
+    cfg = load_config(exp / "config.yaml")
+    plan = make_plan(cfg)
+    rows = load_experiment(exp).rows
+    assert len(plan) == 19 and set(rows["key"]) == {v.key for v in plan}
+    assert (rows["status"] == "ok").all(), rows[["key", "status", "error"]]
+    # every variant trained exactly once; one teacher across both student archs and all three augment lists
+    assert (rows["train_runs"] == 1).all()
+    assert len(plan.stage("teacher")) == 1
+    runs = {p.parent.name: int(p.read_text()) for p in (exp / "artifacts").glob("*/train_runs")}
+    assert len(runs) == 19 and set(runs.values()) == {1}
+    # one teacher pass per distinct set of student views (three augment lists), shared by both archs
+    assert len(list((exp / "artifacts").glob("teacher_logits-*.pt"))) == 3
+    axes = rows.set_index("key")["axes"]
+    key = "student-T4-a0.9-s0-student.arch=mobilenet_v2-student.augment=crop+mixup"
+    assert json.loads(axes[key]) == {"student.arch": "mobilenet_v2", "student.augment": ["crop", "mixup"]}
+    assert not isinstance(axes["teacher-s0"], str)  # the teacher depends on no swept key: null
+    assert set(rows.loc[rows["stage"] == "student", "arch"]) == {"mobilenet_v3_small", "mobilenet_v2"}
+    assert set(rows["student.augment"].dropna()) == {"crop", "crop+randaugment", "crop+mixup"}  # analysis columns
+    before = {v.key: (exp / "artifacts" / f"{v.key}-{v.config_hash[:10]}" / "model.pt").stat().st_mtime_ns
+              for v in plan}
+    kdsweep.run(ABLATION, overrides=TINY, storage=tmp_path, name="abl")  # resume: nothing left to train
+    after = {v.key: (exp / "artifacts" / f"{v.key}-{v.config_hash[:10]}" / "model.pt").stat().st_mtime_ns
+             for v in plan}
+    assert after == before
