@@ -22,6 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     an = sub.add_parser("analyze", help="write results.csv, tradeoffs.md and metrics_grid.png for an experiment")
     an.add_argument("experiment", help="experiment folder <storage>/<name> (local path or s3://...)")
     an.add_argument("--out", default=None, help="output folder (default <experiment>/analysis)")
+    an.add_argument("--facet", default=None, metavar="KEY",
+                    help="swept key (sweep: section) to split metrics_grid.png by, e.g. student.arch "
+                         "(default: the first swept key that varies; none without a sweep)")
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan without starting Ray")
     return p
 
@@ -30,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `kdsweep` console script."""
     args = _parser().parse_args(argv)
     if args.cmd == "analyze":
-        return _analyze(args.experiment, args.out)
+        return _analyze(args.experiment, args.out, args.facet)
     from .data import DataError
     from .models import ModelError
     from .sweeper import run
@@ -51,14 +54,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _analyze(experiment: str, out: str | None) -> int:
-    from .analysis import analyze, headline_table, load_experiment
+def _analyze(experiment: str, out: str | None, facet: str | None = None) -> int:
+    from .analysis import FacetError, analyze, headline_table, load_experiment
 
     loaded = load_experiment(experiment)
     if loaded.rows.empty and not loaded.planned:
         print(f"kdsweep: error: {experiment!r} holds no kdsweep results (expected results/*.parquet)", file=sys.stderr)
         return 2
-    written = analyze(experiment, out)
+    try:
+        written = analyze(experiment, out, facet)
+    except FacetError as exc:  # raised before anything is written
+        print(f"kdsweep: error: --facet: {exc}", file=sys.stderr)
+        return 2
     print(headline_table(loaded))
     print(f"wrote results.csv, tradeoffs.md, metrics_grid.png to {written}")
     return 0

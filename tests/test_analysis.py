@@ -1,6 +1,8 @@
 """Analysis: numbers checked on crafted result sets (hand-computable), damaged and partial sweeps, real smoke output."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import struct
@@ -13,8 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kdsweep.analysis import (analyze, headline_table, load_experiment, pareto_front, t_critical, tradeoff_tables,
+from kdsweep.analysis import (FacetError, analyze, axis_value, expand_axes, facet_axis, headline_table,
+                              load_experiment, marginal, metrics_grid, pareto_front, t_critical, tradeoff_tables,
                               tradeoffs_markdown)
+from kdsweep.cli import main
 from kdsweep.results import SCHEMA, ResultError, read_results, read_row, write_rows
 
 # the result columns before runtimes, precision and pruning methods were recorded (issue 13): old experiments have
@@ -574,3 +578,220 @@ def test_analysis_of_real_smoke_experiment(smoke_exp: Path, tmp_path: Path) -> N
     assert t.by_prune["prune_amount"].unique().tolist() == [0.0, 0.5]
     md = (out / "tradeoffs.md").read_text()
     assert "6 variants (6 ok)" in md and "planned variants missing" not in md
+
+
+# --- swept config keys (the config's `sweep:` section): the `axes` column, marginals per key, facets (issue 14) ---
+
+AUG = ["flip", "crop"]
+SWEEP_YAML = """name: sweep
+sweep:
+  teacher.epochs: [2]
+  student.arch: [mobilenet_v3_small, mobilenet_v2]
+  student.augment: [[flip, crop]]
+"""
+
+
+def values_of(arch: str | None = None, epochs: int | None = 2) -> dict:
+    """The swept values a variant depends on: the student keys if a student, teacher.epochs if it has a teacher."""
+    return ({"student.arch": arch, "student.augment": AUG} if arch else {}) | (
+        {"teacher.epochs": epochs} if epochs is not None else {})
+
+
+def lab(base: str, values: dict) -> str:
+    """A variant label as the planner writes it: its coordinates, then ` key=value` per swept key (sorted)."""
+    return base + "".join(f" {k}={'+'.join(v) if isinstance(v, list) else v}" for k, v in sorted(values.items()))
+
+
+def put_swept(exp: Path, key: str, base: str, stage: str, values: dict, seed: int = 0,
+              **columns) -> str:  # noqa: ANN003
+    """One variant of a sweep as the sweeper writes it: `axes` as canonical JSON, key and label carrying the values."""
+    suffix = f"-student.arch={values['student.arch']}" if "student.arch" in values else ""
+    axes = json.dumps(values, sort_keys=True, separators=(",", ":")) if values else None
+    return put_long(exp, key + suffix, lab(base, values), stage, seed, axes=axes, **columns)
+
+
+@pytest.fixture
+def sweep_exp(tmp_path: Path) -> Path:
+    """A sweep over student.arch (two values); student.augment and teacher.epochs swept to one value each.
+
+    The baseline does not depend on the teacher (no teacher.epochs), the teacher not on the student (no student keys).
+    Accuracy / latency per arch: baseline, KD student over two seeds, pruned; all computable by hand.
+    """
+    exp = tmp_path / "sweep"
+    put_swept(exp, "teacher-s0", "teacher", "teacher", values_of(), test_acc=0.95, latency={"onnxruntime-cpu": 10.0},
+              **fp32(10**7))
+    for arch, base, accs, lats, pruned in (("mobilenet_v3_small", 0.80, (0.86, 0.88), (1.0, 1.0), 0.85),
+                                           ("mobilenet_v2", 0.84, (0.90, 0.94), (2.0, 2.2), 0.91)):
+        put_swept(exp, "baseline-s0", "student-ce (no KD)", "baseline", values_of(arch, None), test_acc=base,
+                  alpha=0.0, latency={"onnxruntime-cpu": lats[0]}, **fp32(1_500_000))
+        for seed, (acc, ms) in enumerate(zip(accs, lats)):
+            put_swept(exp, f"student-T4-a0.9-s{seed}", "student-kd T=4 a=0.9", "student", values_of(arch), seed,
+                      test_acc=acc, latency={"onnxruntime-cpu": ms}, **KD, **fp32(1_500_000))
+        put_swept(exp, "pruned-T4-a0.9-p0.5-s0", "student-kd T=4 a=0.9 p=0.5", "pruned", values_of(arch),
+                  test_acc=pruned, prune_amount=0.5, prune_method="l1_unstructured",
+                  parent=f"student-T4-a0.9-s0-student.arch={arch}", latency={"onnxruntime-cpu": lats[0]}, **KD,
+                  **fp32(1_500_000, nonzero=750_000))
+    (exp / "config.yaml").write_text(SWEEP_YAML)
+    return exp
+
+
+V2, V3 = values_of("mobilenet_v2"), values_of("mobilenet_v3_small")
+V2_KEY = "student-T4-a0.9-s1-student.arch=mobilenet_v2"
+
+
+def test_swept_keys_become_columns_in_sweep_order(sweep_exp: Path, tmp_path: Path) -> None:
+    loaded = load_experiment(sweep_exp)
+    assert loaded.axes == ["teacher.epochs", "student.arch", "student.augment"]  # config.yaml's sweep: order
+    rows = loaded.rows.set_index("key")
+    assert rows.loc[V2_KEY, "student.arch"] == "mobilenet_v2"
+    assert rows.loc[V2_KEY, "student.augment"] == "flip+crop"  # a list, readable
+    assert rows["teacher.epochs"].dtype == "Int64" and rows.loc["teacher-s0", "teacher.epochs"] == 2
+    # a key the variant does not depend on is missing, not a value
+    assert pd.isna(rows.loc["teacher-s0", "student.arch"]) and pd.isna(rows.loc["teacher-s0", "student.augment"])
+    assert pd.isna(rows.loc["baseline-s0-student.arch=mobilenet_v2", "teacher.epochs"])
+    assert axis_value([]) == "none" and axis_value(["flip", "crop", "randaugment"]) == "flip+crop+randaugment"
+    assert axis_value(0.5) == 0.5 and axis_value("resnet18") == "resnet18" and axis_value(None) == "null"
+    frame, keys = expand_axes(pd.DataFrame({"axes": ['{"student.augment": []}', None, '{"kd.x": 0.5}']}))
+    assert keys == ["student.augment", "kd.x"] and frame["student.augment"].tolist()[0] == "none"
+    assert frame["kd.x"].dtype == float and math.isnan(frame["kd.x"][0]) and frame["kd.x"][2] == 0.5
+    # without config.yaml: as first seen (the canonical JSON lists keys sorted)
+    (sweep_exp / "config.yaml").unlink()
+    assert load_experiment(sweep_exp).axes == ["student.arch", "student.augment", "teacher.epochs"]
+    # planned variants that never wrote a file keep their swept values, label and arch
+    plan = [{"stage": "student", "seed": 2, "temperature": 4.0, "alpha": 0.9, "prune_amount": None,
+             "prune_method": None, "precision": "fp32", "parent": "teacher-s0", "config_hash": "x",
+             "key": "student-T4-a0.9-s2-student.arch=mobilenet_v2", "axes": json.dumps(V2, sort_keys=True)},
+            {"stage": "quantized", "seed": 0, "temperature": 4.0, "alpha": 0.9, "prune_amount": None,
+             "prune_method": None, "precision": "int8", "parent": "student-T4-a0.9-s0-student.arch=mobilenet_v2",
+             "config_hash": "y", "key": "int8-student-T4-a0.9-s0-student.arch=mobilenet_v2",
+             "axes": json.dumps(V2, sort_keys=True)}]
+    (sweep_exp / "plan.json").write_text(json.dumps(plan))
+    v = tradeoff_tables(sweep_exp).variants.set_index("variant")
+    student = v.loc[lab("student-kd T=4 a=0.9", V2)]
+    assert student.status == "ok 2/3, missing 1/3" and student.n == 2 and student["student.arch"] == "mobilenet_v2"
+    int8 = v.loc[lab("student-kd T=4 a=0.9", V2) + " int8"]
+    assert int8.status == "missing" and int8["student.arch"] == "mobilenet_v2" and int8.kind == "int8"
+    assert pd.isna(v.loc[lab("teacher", values_of()), "student.arch"])
+    # a damaged `axes` value flags its file instead of losing the variant's coordinates
+    bad = put_long(sweep_exp, "student-T2-a0.9-s0-x", "student-kd T=2 a=0.9 x", "student", test_acc=0.5,
+                   axes='["not", "an object"]', temperature=2.0, alpha=0.9)
+    damaged = load_experiment(sweep_exp)
+    assert len(damaged.unreadable) == 1 and f"{bad}.parquet: ValueError: axes is not a JSON object" in \
+        damaged.unreadable[0]
+    assert damaged.rows.set_index("key").loc[bad, "status"] == "unreadable"
+
+
+def test_experiments_without_varying_axes_read_and_report_as_before(two_seed_exp: Path, tmp_path: Path) -> None:
+    loaded = load_experiment(two_seed_exp)  # written before `axes` existed: the column is absent from the files
+    assert loaded.axes == [] and not [c for c in loaded.rows.columns if "." in c]
+    assert list(loaded.rows.columns) == [*SCHEMA.names, "file"]
+    t = tradeoff_tables(loaded)
+    assert t.axes == [] and t.by_axis == {}
+    md = tradeoffs_markdown(t)
+    assert [x for x in md.splitlines() if x.startswith("### By")] == [
+        "### By temperature T", "### By alpha", "### By prune amount p"] and "Swept keys" not in md
+    assert facet_axis(t) is None
+    # swept keys that take one value each: the same report and figure as the same rows with no `axes` at all
+    texts, titles = [], []
+    for name, axes in (("none", None), ("one", json.dumps(V2))):
+        exp = tmp_path / name / "exp"
+        for stage, t_, p, acc in (("teacher", None, None, 0.95), ("student", 4.0, None, 0.9),
+                                  ("pruned", 4.0, 0.5, 0.88)):
+            put_long(exp, f"{stage}-s0", label_of(stage, t_, 0.9, p), stage, test_acc=acc, temperature=t_,
+                     alpha=None if t_ is None else 0.9, prune_amount=p, latency={"onnxruntime-cpu": 2.0},
+                     axes=None if stage == "teacher" else axes, **fp32(1_000_000))
+        t = tradeoff_tables(exp)
+        texts.append(tradeoffs_markdown(t))
+        titles.append([ax.get_title() for ax in metrics_grid(t).axes])
+    assert tradeoff_tables(tmp_path / "one" / "exp").experiment.axes == ["student.arch", "student.augment",
+                                                                        "teacher.epochs"]
+    assert texts[0] == texts[1] and titles[0] == titles[1]
+    assert "Accuracy vs latency (Pareto front: higher and further left is better)" in titles[0]
+
+
+def test_marginal_per_swept_key_and_deltas_within_each_value(sweep_exp: Path) -> None:
+    t = tradeoff_tables(sweep_exp)
+    assert t.axes == ["student.arch"] and list(t.by_axis) == ["student.arch"]  # the one-value keys get none
+    m = t.by_axis["student.arch"]
+    assert m[["student.arch", "kind"]].values.tolist() == [
+        ["mobilenet_v2", "baseline"], ["mobilenet_v2", "student"], ["mobilenet_v2", "unstructured"],
+        ["mobilenet_v3_small", "baseline"], ["mobilenet_v3_small", "student"], ["mobilenet_v3_small", "unstructured"]]
+    assert m["n"].tolist() == [1, 2, 1, 1, 2, 1]
+    assert m["test_acc_mean"].tolist() == pytest.approx([0.84, 0.92, 0.91, 0.80, 0.87, 0.85])
+    student = m.iloc[1]
+    assert student.test_acc_std == pytest.approx(math.sqrt(2) * 0.02)  # 0.90 and 0.94
+    assert student.test_acc_ci95 == pytest.approx(T975_DF1 * 0.02) and student.latency_ms_mean == pytest.approx(2.1)
+    assert m.iloc[4].latency_ms_mean == pytest.approx(1.0) and m.iloc[2].size_nonzero_mb_mean == pytest.approx(3.0)
+    pd.testing.assert_frame_equal(marginal(load_experiment(sweep_exp).rows, "student.arch"), m)
+    with pytest.raises(ValueError, match="no axis 'student.width'.*teacher.epochs, student.arch, student.augment"):
+        marginal(load_experiment(sweep_exp).rows, "student.width")
+    # references share the variant's swept values: each arch's pruned model against its own KD student
+    v = t.variants.set_index("variant")
+    assert v.loc[lab("student-kd T=4 a=0.9 p=0.5", V2), "d_test_acc_vs_unpruned"] == pytest.approx(-0.01)
+    assert v.loc[lab("student-kd T=4 a=0.9 p=0.5", V3), "d_test_acc_vs_unpruned"] == pytest.approx(-0.02)
+    assert v.loc[lab("student-kd T=4 a=0.9", V2), "d_test_acc_vs_baseline"] == pytest.approx(0.08)
+    assert v.loc[lab("student-kd T=4 a=0.9", V3), "d_test_acc_vs_baseline"] == pytest.approx(0.07)
+    assert v.loc[lab("student-kd T=4 a=0.9", V3), "d_test_acc_vs_teacher"] == pytest.approx(-0.08)
+    md = tradeoffs_markdown(t)
+    assert "### By student.arch" in md and "### By teacher.epochs" not in md and "### By student.augment" not in md
+    assert "| mobilenet_v2 | KD student | 1 | 2 | 92.00 ± 2.83 | 25.41 | 2.100 | 6.00 |" in md
+    assert "| mobilenet_v3_small | unstructured | 1 | 1 | 85.00 | — | 1.000 | 3.00 |" in md
+    # raw rows (the `axes` JSON not yet expanded) give the same per-arch variants
+    text = headline_table(read_results(sweep_exp / "results"))
+    assert lab("student-kd T=4 a=0.9", V2) in text and "7 variants: 7 ok" in text
+
+
+def test_metrics_grid_facets_by_swept_key(sweep_exp: Path) -> None:
+    t = tradeoff_tables(sweep_exp)
+    assert facet_axis(t) == "student.arch"  # default: the first swept key that varies
+    fig = metrics_grid(t)
+    latency = [ax for ax in fig.axes if ax.get_title().endswith("Accuracy vs latency (Pareto front: higher and "
+                                                                 "further left is better)")]
+    assert [ax.get_title().split("\n")[0] for ax in latency] == ["student.arch = mobilenet_v2",
+                                                                 "student.arch = mobilenet_v3_small"]
+    assert len([ax for ax in fig.axes if "Accuracy vs non-zero size" in ax.get_title()]) == 2
+    for ax in latency:  # the teacher (no student.arch) is the reference in every row; each row has its own arch
+        labels = ax.get_legend_handles_labels()[1]
+        assert "teacher" in labels and "no-KD baseline" in labels
+        front = [a.get_text() for a in ax.texts]
+        assert "T4 a0.9" in front and "teacher" in front
+    heat = [ax.get_title() for ax in fig.axes if "KD students (unpruned)" in ax.get_title()
+            or "pruned p = 0.5" in ax.get_title()]
+    assert heat == [f"student.arch = {a}\n{k}" for a in ("mobilenet_v2", "mobilenet_v3_small")
+                    for k in ("KD students (unpruned)", "pruned p = 0.5")]
+    runtime = next(ax for ax in fig.axes if ax.get_title().startswith("Latency by runtime"))
+    assert [x.get_text() for x in runtime.get_xticklabels()] == [
+        "teacher", "no-KD baseline\nmobilenet_v2", "no-KD baseline\nmobilenet_v3_small", "KD student\nmobilenet_v2",
+        "KD student\nmobilenet_v3_small", "unstructured\nmobilenet_v2", "unstructured\nmobilenet_v3_small"]
+    # any swept key can be the facet, also one with a single value: one row of scatters
+    one = metrics_grid(t, facet="teacher.epochs")
+    assert [ax.get_title().split("\n")[0] for ax in one.axes if "Accuracy vs latency" in ax.get_title()] == [
+        "teacher.epochs = 2"]
+    with pytest.raises(FacetError, match="unknown key 'student.width'; swept keys of this experiment: "
+                                         "teacher.epochs, student.arch, student.augment$"):
+        metrics_grid(t, facet="student.width")
+
+
+def test_cli_analyze_facet_and_csv_columns(sweep_exp: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad"
+    assert main(["analyze", str(sweep_exp), "--out", str(bad), "--facet", "student.width"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'student.width'" in err and "teacher.epochs, student.arch, student.augment" in err
+    assert not bad.exists()  # nothing written
+    out = tmp_path / "good"
+    assert main(["analyze", str(sweep_exp), "--out", str(out), "--facet", "student.arch"]) == 0
+    width, height, _ = png_info(out / "metrics_grid.png")
+    assert width >= 1200 and height > width  # two facet rows of scatters under two rows of heatmaps
+    text = (out / "results.csv").read_text()
+    assert text.startswith("Variant,Accuracy,LatencyMs,SizeMB,teacher.epochs,student.arch,student.augment,stage,")
+    rows = {r["key"]: r for r in csv.DictReader(io.StringIO(text))}
+    assert rows[V2_KEY]["student.augment"] == "flip+crop" and rows[V2_KEY]["Accuracy"] == "0.94"
+    assert rows[V2_KEY]["teacher.epochs"] == "2"  # an integer stays one
+    assert rows["baseline-s0-student.arch=mobilenet_v2"]["teacher.epochs"] == ""
+    assert rows["teacher-s0"]["student.arch"] == ""
+    assert "### By student.arch" in (out / "tradeoffs.md").read_text()
+    # an experiment without a sweep has no key to facet by, and the error says so
+    old = tmp_path / "old"
+    put(old, "teacher", acc=0.9, lat=1.0, nz=4.0)
+    assert main(["analyze", str(old), "--facet", "student.arch"]) == 2
+    assert "swept keys of this experiment: none" in capsys.readouterr().err and not (old / "analysis").exists()

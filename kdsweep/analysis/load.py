@@ -6,18 +6,27 @@ here a damaged file becomes a flagged row. Only the column list comes from `kdsw
 A result file holds one row per (variant, seed, runtime, device); files written before runtimes existed hold one row
 per variant without the runtime columns, and `fill_defaults` gives them the values they implied (torch, fp32, L1
 unstructured pruning).
+
+Swept config keys (the config's `sweep:` section) arrive as one JSON object per row in the `axes` column; `expand_axes`
+turns them into one column per key, named by the dotted key (`student.arch`). No other column name has a dot, which is
+how `axis_columns` finds them again in any derived table. Rows without `axes` (no sweep, or an older experiment) get no
+such columns.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from ..axes import render
 from ..results import COLUMNS
 
 STAGE_ORDER = {"teacher": 0, "baseline": 1, "student": 2, "pruned": 3, "quantized": 4}
@@ -41,6 +50,7 @@ class Experiment:
     unreadable: list[str] = field(default_factory=list)  # "path: reason", one per damaged file
     planned: list[dict] = field(default_factory=list)  # plan.json entries (empty when the folder has no plan)
     missing: list[str] = field(default_factory=list)  # planned keys without a result file
+    axes: list[str] = field(default_factory=list)  # swept dotted keys, each a column of `rows` (see expand_axes)
 
     @property
     def name(self) -> str:
@@ -72,23 +82,32 @@ def join(base: str, *parts: str) -> str:
 
 
 def variant_label(entry: dict) -> str:
-    """The human label of a plan.json entry (mirrors kdsweep.plan.Variant.label without importing the planner)."""
+    """The human label of a plan.json entry (mirrors kdsweep.plan.Variant.label without importing the planner):
+    the stage and grid coordinates, then ` key=value` for each swept key in the entry's `axes`."""
+    if isinstance(entry.get("variant"), str):  # an entry that carries its label knows best
+        return entry["variant"]
     stage = entry.get("stage")
+    if stage == "quantized":  # its fp32 parent's label and the precision; the parent's stage starts its key
+        base = (entry.get("parent") or "").split("-", 1)[0]
+        if base in ("teacher", "baseline", "student", "pruned"):
+            return f"{variant_label({**entry, 'stage': base})} {entry.get('precision') or 'int8'}"
+        return str(entry.get("key", "?"))
     if stage == "teacher":
-        return "teacher"
-    if stage == "baseline":
-        return "student-ce (no KD)"
-    if stage in ("student", "pruned"):
+        label = "teacher"
+    elif stage == "baseline":
+        label = "student-ce (no KD)"
+    elif stage in ("student", "pruned"):
         label = f"student-kd T={entry['temperature']:g} a={entry['alpha']:g}"
         if stage == "pruned":
             structured = " structured" if entry.get("prune_method") == STRUCTURED else ""
             label += f" p={entry['prune_amount']:g}{structured}"
-        return label
-    if stage == "quantized":
-        parent = _parse_key(entry.get("parent") or "")
-        if "stage" in parent:
-            return f"{variant_label(parent)} int8"
-    return str(entry.get("key", "?"))
+    else:
+        return str(entry.get("key", "?"))
+    try:
+        values = parse_axes(entry.get("axes"))
+    except ValueError:
+        values = {}  # a damaged plan entry still gets its coordinates' label
+    return label + "".join(f" {k}={render(v)}" for k, v in values.items())
 
 
 def load_experiment(experiment_dir: str | os.PathLike) -> Experiment:
@@ -115,7 +134,14 @@ def load_experiment(experiment_dir: str | os.PathLike) -> Experiment:
             seen.add(r.get("key") or key)
         rows.extend(file_rows)
     missing = [k for k in by_key if k not in seen]
-    return Experiment(uri=uri, rows=_frame(rows), unreadable=unreadable, planned=planned, missing=missing)
+    frame, axes = _frame(rows, _sweep_keys(fs, root))
+    return Experiment(uri=uri, rows=frame, unreadable=unreadable, planned=planned, missing=missing, axes=axes)
+
+
+def experiment_from_rows(rows: pd.DataFrame, uri: str = "") -> Experiment:
+    """An Experiment of raw result rows (as from `kdsweep.results.read_results`), with typed and swept-key columns."""
+    frame, axes = expand_axes(fill_defaults(rows))
+    return Experiment(uri=uri, rows=sort_rows(frame).reset_index(drop=True), axes=axes)
 
 
 def _result_files(fs: pafs.FileSystem, results: str) -> list[str]:
@@ -132,7 +158,10 @@ def _read_file(fs: pafs.FileSystem, path: str) -> list[dict]:
     for col in ("variant", "status"):
         if col not in table.column_names:
             raise ValueError(f"not a kdsweep result (no {col!r} column)")
-    return table.to_pylist()
+    rows = table.to_pylist()
+    for r in rows:
+        parse_axes(r.get("axes"))  # a damaged `axes` value flags the file instead of losing the row's coordinates
+    return rows
 
 
 def _read_plan(fs: pafs.FileSystem, root: str) -> list[dict]:
@@ -150,6 +179,10 @@ def _flagged_row(key: str, entry: dict | None, error: str, shown: str) -> dict:
     entry.setdefault("key", key)
     row = {c: entry.get(c) for c in ("stage", "temperature", "alpha", "prune_amount", "seed", "parent", "key",
                                      "prune_method", "precision")}
+    try:  # a plan entry may carry its swept values: the damaged variant keeps them
+        row["axes"] = json.dumps(parse_axes(entry.get("axes"))) or None
+    except ValueError:
+        row["axes"] = None  # a damaged plan entry must not stop the analysis either
     return {**row, "variant": variant_label(entry), "status": "unreadable", "error": error, "file": shown}
 
 
@@ -174,10 +207,98 @@ def _parse_key(key: str) -> dict:
             "prune_method": method, "precision": "fp32"}
 
 
-def _frame(rows: list[dict]) -> pd.DataFrame:
+def _sweep_keys(fs: pafs.FileSystem, root: str) -> list[str]:
+    """The keys of config.yaml's `sweep:` section in the user's order; [] when there is none or it cannot be read."""
+    import yaml
+
+    try:
+        with fs.open_input_stream(join(root, "config.yaml")) as f:
+            sweep = (yaml.safe_load(f.read().decode()) or {}).get("sweep")
+    except Exception:  # noqa: BLE001 -- the order is a nicety: the result files alone still give every key
+        return []
+    return [str(k) for k in sweep] if isinstance(sweep, dict) else []
+
+
+def _frame(rows: list[dict], order: list[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
     extra = [c for r in rows for c in r if c != "file"]
     df = pd.DataFrame(rows, columns=[*dict.fromkeys([*COLUMNS, *extra]), "file"])
-    return sort_rows(fill_defaults(df)).reset_index(drop=True)
+    df, axes = expand_axes(fill_defaults(df), order)
+    return sort_rows(df).reset_index(drop=True), axes
+
+
+def parse_axes(value: object) -> dict[str, Any]:
+    """The swept keys of one row: its `axes` JSON object (or a dict) as a dict; {} for null / absent."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA or value == "":
+        return {}
+    obj = json.loads(value) if isinstance(value, str) else value
+    if obj is None:
+        return {}
+    if not isinstance(obj, dict):
+        raise ValueError(f"axes is not a JSON object: {str(value)[:80]!r}")
+    return obj
+
+
+def axis_value(value: object) -> object:
+    """A swept value as a table cell: scalars as they are, lists joined by '+' ('none' when empty), null as 'null'."""
+    if isinstance(value, (list, tuple)):
+        return "+".join(str(axis_value(v)) for v in value) or "none"
+    if isinstance(value, dict):  # e.g. a swept sub-section: compact and readable, still one hashable cell
+        return ",".join(f"{k}={axis_value(v)}" for k, v in value.items()) or "none"
+    if value is None:
+        return "null"  # a key swept to null is set (to its default), unlike a variant that lacks the key (NaN)
+    return value
+
+
+def expand_axes(df: pd.DataFrame, order: list[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """One column per swept key, named by the dotted key, from the `axes` JSON column; (frame, keys).
+
+    Keys come in `order` (the config's `sweep:` order, when known), then as first seen, reading the rows that name
+    the most keys first (a KD student depends on more swept keys than the teacher), so a row's own key order wins.
+    A row that does not depend on a key gets NaN (pd.NA in an integer column). Without an `axes` column or values,
+    nothing changes.
+    """
+    if "axes" not in df or df.empty:
+        return df, []
+    parsed = [parse_axes(v) for v in df["axes"]]
+    if not any(parsed):
+        return df, []
+    by_size = sorted(range(len(parsed)), key=lambda i: -len(parsed[i]))
+    seen = list(dict.fromkeys(k for i in by_size for k in parsed[i]))
+    keys = [k for k in order or [] if k in seen] + [k for k in seen if k not in (order or [])]
+    cols = {k: _axis_column([axis_value(p[k]) if k in p else None for p in parsed], df.index) for k in keys}
+    at = list(df.columns).index("axes") + 1  # next to the raw JSON they come from
+    out = pd.concat([df.iloc[:, :at], pd.DataFrame(cols, index=df.index),
+                     df.iloc[:, at:].drop(columns=[k for k in keys if k in df.columns])], axis=1)
+    return out, keys
+
+
+def _axis_column(values: list, index: pd.Index) -> pd.Series:
+    """Integers as Int64 (CSV shows 3, not 3.0), other numbers as float, anything else as objects; missing NaN/NA."""
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return pd.Series(values, index=index, dtype="Int64")
+    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return pd.Series([math.nan if v is None else float(v) for v in values], index=index, dtype=float)
+    return pd.Series([math.nan if v is None else v for v in values], index=index, dtype=object)
+
+
+def axis_columns(df: pd.DataFrame) -> list[str]:
+    """The swept-key columns of a frame of rows or of a table made from them: the dotted column names, in order."""
+    return [c for c in df.columns if isinstance(c, str) and "." in c]
+
+
+def varying_axes(df: pd.DataFrame, axes: list[str] | None = None) -> list[str]:
+    """The swept keys (default: every dotted column) that take two or more values in `df`."""
+    return [a for a in (axis_columns(df) if axes is None else axes) if a in df and df[a].nunique(dropna=True) > 1]
+
+
+def axis_order(values: pd.Series) -> dict:
+    """value -> rank: numbers ascending, then strings (and anything else) alphabetically; a mixed key sorts too."""
+    def key(v: object) -> tuple:
+        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)):
+            return (0, float(v), "")
+        return (1, 0.0, str(v))
+    return {v: i for i, v in enumerate(sorted(values.dropna().unique(), key=key))}
 
 
 def fill_defaults(df: pd.DataFrame) -> pd.DataFrame:
@@ -200,10 +321,14 @@ def fill_defaults(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def sort_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows in reading order: teacher, baseline, KD students, pruned, int8; then by T, alpha, p, seed, runtime."""
+    """Rows in reading order: teacher, baseline, KD students, pruned, int8; then by swept keys, T, alpha, p, seed,
+    runtime (so a sweep over student.arch lists each architecture's students together)."""
     if df.empty:
         return df
     order = df["stage"].map(STAGE_ORDER).fillna(len(STAGE_ORDER))
+    # swept values sort by rank, which works for a key whose values mix numbers and strings
+    ranks = {f"_a{i}": df[a].map(axis_order(df[a])) for i, a in enumerate(axis_columns(df))}
     keys = [c for c in ("temperature", "alpha", "prune_amount", "seed", "variant", "runtime", "latency_device")
             if c in df]
-    return df.assign(_o=order).sort_values(["_o", *keys], na_position="first", kind="stable").drop(columns="_o")
+    return (df.assign(_o=order, **ranks).sort_values(["_o", *ranks, *keys], na_position="first", kind="stable")
+            .drop(columns=["_o", *ranks]))

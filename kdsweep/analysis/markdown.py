@@ -5,7 +5,7 @@ import math
 
 import pandas as pd
 
-from .tables import Tables
+from .tables import KIND_NAMES, Tables
 
 ERROR_CHARS = 160  # the full error text is in results.csv; the table keeps one readable line
 
@@ -63,7 +63,8 @@ def tradeoffs_markdown(t: Tables) -> str:
     out += ["## Variants", "", _variants(v), "", "## Deltas", "",
             "Differences of means: accuracy in percentage points, latency in ms (both variants on the first one's "
             "latency runtime), sizes in MB. *unpruned* is the KD student with the same T and alpha; *parent* is an "
-            "INT8 variant's fp32 model.", "", _deltas(v), ""]
+            "INT8 variant's fp32 model." + (" Each reference has the variant's own value of every swept key it "
+                                            "depends on." if t.axes else ""), "", _deltas(v), ""]
     out += ["## Latency by runtime", "", "Batch-1 median latency in ms ± its noise (the wider of the median's 95 % "
             "CI within a run and the std over seeds); **bold** is the runtime the other tables use.", "",
             _latency_by_runtime(t), ""]
@@ -77,6 +78,12 @@ def tradeoffs_markdown(t: Tables) -> str:
     for title, m, axis in (("By temperature T", t.by_temperature, "temperature"),
                            ("By alpha", t.by_alpha, "alpha"), ("By prune amount p", t.by_prune, "prune_amount")):
         out += [f"### {title}", "", _marginal(m, axis), ""]
+    if t.by_axis:  # only when a swept key varies: without a sweep the report reads as it always did
+        out += ["Swept keys (the config's `sweep:`): mean accuracy over ok rows for each value and kind of variant; "
+                "variants that do not depend on a key (the teacher, for a student key) are left out of its table.",
+                ""]
+        for axis, m in t.by_axis.items():
+            out += [f"### By {axis}", "", _swept_marginal(m, axis), ""]
     out += ["## Pareto fronts", "", "Variants no other ok variant beats on both accuracy (higher) and the cost "
             "(lower). Latencies whose noise intervals overlap are ties: a variant is only faster beyond the noise.",
             ""]
@@ -169,6 +176,25 @@ def _marginal(m: pd.DataFrame, axis: str) -> str:
     rows = [[f"{getattr(r, axis):g}", *([r.prune_method or "none"] if method else []), r.variants, r.n,
              pm(r.test_acc_mean, r.test_acc_std, 2, 100), num(r.test_acc_ci95, 2, 100), num(r.latency_ms_mean, 3),
              num(r.size_nonzero_mb_mean)] for r in m.itertuples()]
+    return md_table(header, rows)
+
+
+def cell(value: object) -> str:
+    """A swept value for a table cell: numbers as %g, anything else as text; '—' for missing."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}"
+    return str(value)
+
+
+def _swept_marginal(m: pd.DataFrame, axis: str) -> str:
+    if m.empty:
+        return "(no ok rows for this key)"
+    header = [axis, "Kind", "Variants", "n", "Accuracy %", "95 % CI (± pp)", "Latency ms", "Non-zero MB"]
+    rows = [[cell(r[axis]), KIND_NAMES.get(r["kind"], cell(r["kind"])), r["variants"], r["n"],
+             pm(r["test_acc_mean"], r["test_acc_std"], 2, 100), num(r["test_acc_ci95"], 2, 100),
+             num(r["latency_ms_mean"], 3), num(r["size_nonzero_mb_mean"])] for _, r in m.iterrows()]
     return md_table(header, rows)
 
 

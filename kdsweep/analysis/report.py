@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.fs as pafs
 
-from .load import Experiment, join, load_experiment, resolve
+from .load import Experiment, experiment_from_rows, join, load_experiment, resolve
 from .markdown import num, pm, text, tradeoffs_markdown
 from .plots import metrics_grid, save_figure
 from .tables import Tables, fastest, results_frame, tradeoff_tables
@@ -16,21 +16,23 @@ from .tables import Tables, fastest, results_frame, tradeoff_tables
 OUTPUTS = ("results.csv", "tradeoffs.md", "metrics_grid.png")
 
 
-def analyze(experiment_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path | str:
+def analyze(experiment_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+            facet: str | None = None) -> Path | str:
     """Write results.csv, tradeoffs.md, metrics_grid.png into out_dir (default <experiment>/analysis); return it.
 
     Both folders may be local paths or pyarrow.fs URIs (s3://...); the return value is a Path for a local out_dir
-    and the URI string otherwise.
+    and the URI string otherwise. `facet` is the swept key metrics_grid.png is split by (default: the first swept
+    key that varies; see `plots.metrics_grid`); an unknown key raises `FacetError` before anything is written.
     """
     tables = tradeoff_tables(load_experiment(experiment_dir))
+    png = io.BytesIO()
+    save_figure(metrics_grid(tables, facet), png)  # first: a bad facet must leave no half-written folder
+    exp = tables.experiment
+    files = {"results.csv": results_frame(exp.rows, exp.axes).to_csv(index=False).encode(),
+             "tradeoffs.md": tradeoffs_markdown(tables).encode(), "metrics_grid.png": png.getvalue()}
     target = out_dir if out_dir is not None else join(resolve(experiment_dir)[2], "analysis")
     fs, path, uri = resolve(target)
     fs.create_dir(path, recursive=True)
-    png = io.BytesIO()
-    fig = metrics_grid(tables)
-    save_figure(fig, png)
-    files = {"results.csv": results_frame(tables.experiment.rows).to_csv(index=False).encode(),
-             "tradeoffs.md": tradeoffs_markdown(tables).encode(), "metrics_grid.png": png.getvalue()}
     for name, data in files.items():
         _write(fs, join(path, name), data)
     return Path(path) if isinstance(fs, pafs.LocalFileSystem) else uri
@@ -43,7 +45,7 @@ def headline_table(data: pd.DataFrame | Experiment | Tables) -> str:
     Experiment, or its Tables; only the latter two know about missing planned variants and unreadable files.
     """
     if isinstance(data, pd.DataFrame):
-        data = Experiment(uri="", rows=data)
+        data = experiment_from_rows(data)
     t = data if isinstance(data, Tables) else tradeoff_tables(data)
     v = t.variants
     if v.empty:

@@ -1,7 +1,9 @@
 """Trade-off tables as DataFrames: per-variant mean ± std over seeds, deltas, per-axis marginals, Pareto fronts.
 
 Result files hold one row per (variant, seed, runtime, device). The per-variant tables take each variant's latency from
-one headline runtime (`seed_rows`); `latency_runtimes` keeps every runtime, for comparing them.
+one headline runtime (`seed_rows`); `latency_runtimes` keeps every runtime, for comparing them. Swept config keys
+(`student.arch`, ...) are columns named by the dotted key (see `load.expand_axes`); they carry into the variant table,
+get a marginal each when they vary, and keep deltas comparing like with like.
 """
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .load import (STATUS_ORDER, STRUCTURED, UNSTRUCTURED, Experiment, fill_defaults, load_experiment, sort_rows,
-                   variant_label)
+from .load import (STATUS_ORDER, STRUCTURED, UNSTRUCTURED, Experiment, axis_columns, axis_order, axis_value,
+                   fill_defaults, load_experiment, parse_axes, sort_rows, variant_label, varying_axes)
 from .stats import describe
 
 # per-seed numbers that get mean / std / 95 % CI per variant
@@ -32,6 +34,13 @@ RUNTIME_ORDER = ("onnxruntime-cuda", "onnxruntime-cpu", "torch-cuda", "torch-cpu
 PARETO_AXES = {"latency": ("latency_ms_mean", "latency_spread_ms"), "size": ("size_nonzero_mb_mean", None),
                "bytes": ("size_bytes_mean", None)}
 KINDS = ("teacher", "baseline", "student", "unstructured", "structured", "int8")
+KIND_NAMES = {"teacher": "teacher", "baseline": "no-KD baseline", "student": "KD student",
+              "unstructured": "unstructured", "structured": "structured", "int8": "INT8"}
+# the grid axes every experiment has, as columns; swept keys (dotted) come on top
+GRID_AXES = ("temperature", "alpha", "prune_amount")
+# the numbers of a marginal's row, after its axis columns and `stage`
+MARGINAL_STATS = ("variants", "n", "test_acc_mean", "test_acc_std", "test_acc_ci95", "latency_ms_mean",
+                  "size_nonzero_mb_mean", "size_bytes_mean")
 # the first columns of results.csv are the reference notebook's table; the rest follow under their contract names
 CSV_HEAD = {"variant": "Variant", "test_acc": "Accuracy", "latency_ms": "LatencyMs", "size_mb": "SizeMB"}
 
@@ -51,6 +60,8 @@ class Tables:
     latency_runtimes: pd.DataFrame  # one row per variant and runtime label: median ms over seeds, noise, headline
     runtime: str | None = None  # the runtime label a caller forced, or None for each variant's headline runtime
     notes: list[str] = field(default_factory=list)
+    axes: list[str] = field(default_factory=list)  # the swept keys that take two or more values, in sweep order
+    by_axis: dict[str, pd.DataFrame] = field(default_factory=dict)  # swept key -> its marginal (see `marginal`)
 
     @property
     def missing_note(self) -> str:
@@ -93,11 +104,13 @@ def tradeoff_tables(experiment: Experiment | str | os.PathLike, runtime: str | N
     rows = seed_rows(exp.rows, runtime)
     fronts = {name: pareto_front(variants, x, spread=s) if x in variants else variants
               for name, (x, s) in PARETO_AXES.items()}
+    axes = varying_axes(exp.rows, exp.axes or None)
     return Tables(experiment=exp, variants=variants,
                   by_temperature=marginal(rows, "temperature"), by_alpha=marginal(rows, "alpha"),
                   by_prune=marginal(rows, "prune_amount"), pareto_latency=fronts["latency"],
                   pareto_size=fronts["size"], pareto_bytes=fronts["bytes"],
-                  latency_runtimes=latency_runtimes(exp.rows, variants), runtime=runtime, notes=notes)
+                  latency_runtimes=latency_runtimes(exp.rows, variants), runtime=runtime, notes=notes,
+                  axes=axes, by_axis={a: marginal(rows, a) for a in axes})
 
 
 def runtime_label(runtime: object, device: object) -> str | None:
@@ -158,12 +171,16 @@ def variant_table(rows: pd.DataFrame, missing: list[dict] | None = None, runtime
     extra = [{"variant": variant_label(m), "stage": m.get("stage"), "temperature": m.get("temperature"),
               "alpha": m.get("alpha"), "prune_amount": m.get("prune_amount"), "seed": m.get("seed"),
               "key": m.get("key"), "parent": m.get("parent"), "prune_method": m.get("prune_method"),
-              "precision": m.get("precision"), "status": "missing"} for m in (missing or [])]
+              "precision": m.get("precision"), "status": "missing",
+              # a plan entry that lists its swept values keeps them (only keys the rows have: no new columns)
+              **{k: axis_value(v) for k, v in parse_axes(m.get("axes")).items() if k in rows.columns}}
+             for m in (missing or [])]
     extra = pd.DataFrame(extra, columns=list(dict.fromkeys([*rows.columns, *(extra[0] if extra else {})])))
     frames = [f for f in (rows, extra) if not f.empty]
     raw = pd.concat(frames, ignore_index=True) if frames else rows
     allrows = seed_rows(raw, runtime)
     labels = dict(zip(allrows["key"], allrows["variant"])) if "key" in allrows else {}
+    axes = axis_columns(allrows)
     out = []
     for label, g in allrows.groupby("variant", sort=False, dropna=False):
         ok = g[g["status"] == "ok"]
@@ -173,7 +190,7 @@ def variant_table(rows: pd.DataFrame, missing: list[dict] | None = None, runtime
                "temperature": first["temperature"], "alpha": first["alpha"], "prune_amount": first["prune_amount"],
                "prune_method": first["prune_method"], "precision": first["precision"],
                "parent": parents[0] if parents else None, "status": _status(g["status"]),
-               "n": len(ok), "seeds": len(g), "error": _errors(g)}
+               "n": len(ok), "seeds": len(g), "error": _errors(g), **{a: first[a] for a in axes}}
         for m in METRICS:
             mean, std, ci, _ = describe(ok[m].astype(float))  # Int64 columns: NA -> NaN
             rec.update({f"{m}_mean": mean, f"{m}_std": std, f"{m}_ci95": ci})
@@ -181,7 +198,8 @@ def variant_table(rows: pd.DataFrame, missing: list[dict] | None = None, runtime
         rec["latency_runtime"] = next(iter(ok["latency_runtime"].dropna()), None)
         rec["latency_device"] = ", ".join(map(str, ok["latency_device"].dropna().unique())) or None
         out.append(rec)
-    table = sort_rows(pd.DataFrame(out)) if out else pd.DataFrame(columns=["variant", "stage", "status", "n"])
+    table = sort_rows(_typed_like(pd.DataFrame(out), allrows, axes)) if out else pd.DataFrame(
+        columns=["variant", "stage", "status", "n"])
     table = add_deltas(table.reset_index(drop=True), latency_runtimes(raw, table) if out else None)
     for name, (x, spread) in PARETO_AXES.items():
         front = pareto_front(table, x, spread=spread) if len(table) else table
@@ -230,8 +248,11 @@ def add_deltas(table: pd.DataFrame, latency: pd.DataFrame | None = None) -> pd.D
     """d_<metric>_vs_{teacher,baseline,unpruned,parent}: variant mean minus the reference's mean (NaN if none/self).
 
     `unpruned` is a pruned variant's KD student with the same (T, alpha); `parent` is an INT8 variant's fp32 source.
-    With `latency` (from `latency_runtimes`), latency deltas compare both variants on the variant's own headline
-    runtime, so an INT8 model timed only on onnxruntime-cpu is not compared with its parent's CUDA time.
+    With swept keys, a reference must also agree on every swept key both have (a mobilenet_v2 student is compared
+    with the mobilenet_v2 baseline, and with the teacher of its own teacher.epochs; the teacher, which has no
+    student.arch, serves every architecture). With `latency` (from `latency_runtimes`), latency deltas compare both
+    variants on the variant's own headline runtime, so an INT8 model timed only on onnxruntime-cpu is not compared
+    with its parent's CUDA time.
     """
     table = table.copy()
     if table.empty:
@@ -241,14 +262,20 @@ def add_deltas(table: pd.DataFrame, latency: pd.DataFrame | None = None) -> pd.D
     same_runtime = {} if latency is None else {
         (r.variant, r.latency_runtime): r.latency_ms_mean for r in latency.itertuples()}
 
-    def first(frame: pd.DataFrame) -> str | None:
+    axes = axis_columns(table)
+
+    def first(frame: pd.DataFrame, row: pd.Series) -> str | None:
+        for a in axes:  # a swept key both have must agree; NaN on either side (does not depend on it) matches
+            if pd.notna(row[a]):
+                frame = frame[frame[a].isna() | (frame[a] == row[a]).fillna(False).astype(bool)]
         return frame["variant"].iloc[0] if len(frame) else None
 
     students = usable[usable["stage"] == "student"]
-    refs = {"teacher": [first(usable[usable["stage"] == "teacher"])] * len(table),
-            "baseline": [first(usable[usable["stage"] == "baseline"])] * len(table),
-            "unpruned": [first(students[(students["temperature"] == r.temperature) & (students["alpha"] == r.alpha)])
-                         if r.stage == "pruned" else None for r in table.itertuples()],
+    records = [r for _, r in table.iterrows()]  # Series, not itertuples: dotted column names stay reachable
+    refs = {"teacher": [first(usable[usable["stage"] == "teacher"], r) for r in records],
+            "baseline": [first(usable[usable["stage"] == "baseline"], r) for r in records],
+            "unpruned": [first(students[(students["temperature"] == r.temperature) & (students["alpha"] == r.alpha)],
+                               r) if r.stage == "pruned" else None for r in records],
             "parent": [r.parent if r.stage == "quantized" and r.parent in by_label.index else None
                        for r in table.itertuples()]}
     for name in REFERENCES:
@@ -298,13 +325,20 @@ def fastest(table: pd.DataFrame, x: str = "latency_ms_mean", spread: str = "late
 
 
 def marginal(rows: pd.DataFrame, axis: str) -> pd.DataFrame:
-    """Mean accuracy (± std, 95 % CI over ok seeds) by one grid axis; T and alpha over KD students, p over pruned.
+    """Mean accuracy (± std, 95 % CI over ok seeds) by one axis; T and alpha over KD students, p over pruned.
 
     The p table is by (prune method, p) and starts with p = 0: the unpruned KD students, so the cost of pruning
-    reads off the first row. Latency is each variant's headline runtime (`seed_rows`).
+    reads off the first row. A swept key (`student.arch`, any dotted column) is by (value, kind of variant): each
+    kind (teacher, KD student, structured, ...) of each value is its own row, since a mean over a teacher and
+    its pruned students means nothing; rows that do not depend on the key are left out. Latency is each variant's
+    headline runtime (`seed_rows`).
     """
+    if axis not in GRID_AXES and axis not in rows:
+        raise ValueError(f"no axis {axis!r} in these rows; axes: {', '.join([*GRID_AXES, *axis_columns(rows)])}")
     rows = seed_rows(rows)
     ok = rows[rows["status"] == "ok"]
+    if axis not in GRID_AXES:
+        return _swept_marginal(ok, axis)
     keys = [axis]
     if axis == "prune_amount":
         keys.append("prune_method")
@@ -312,16 +346,8 @@ def marginal(rows: pd.DataFrame, axis: str) -> pd.DataFrame:
         ok = pd.concat([p for p in parts if not p.empty]) if any(not p.empty for p in parts) else ok.iloc[:0]
     else:
         ok = ok[ok["stage"] == "student"]
-    out = []
-    for value, g in ok.groupby(keys, sort=False, dropna=False):
-        mean, std, ci, n = describe(g["test_acc"])
-        out.append({**dict(zip(keys, value)), "stage": "/".join(sorted(g["stage"].unique())),
-                    "variants": g["variant"].nunique(), "n": n, "test_acc_mean": mean, "test_acc_std": std,
-                    "test_acc_ci95": ci, "latency_ms_mean": g["latency_ms"].mean(),
-                    "size_nonzero_mb_mean": g["size_nonzero_mb"].mean(), "size_bytes_mean": g["size_bytes"].mean()})
-    cols = [*keys, "stage", "variants", "n", "test_acc_mean", "test_acc_std", "test_acc_ci95", "latency_ms_mean",
-            "size_nonzero_mb_mean", "size_bytes_mean"]
-    table = pd.DataFrame(out, columns=cols)
+    out = [{**dict(zip(keys, value)), **_marginal_stats(g)} for value, g in ok.groupby(keys, sort=False, dropna=False)]
+    table = pd.DataFrame(out, columns=[*keys, "stage", *MARGINAL_STATS])
     if "prune_method" not in table:
         return table.sort_values(axis, kind="stable").reset_index(drop=True)
     # None for the p = 0 row, as in the rows (pandas reads it as NaN); at each p unstructured before structured
@@ -330,10 +356,42 @@ def marginal(rows: pd.DataFrame, axis: str) -> pd.DataFrame:
     return table.assign(_m=method).sort_values([axis, "_m"], kind="stable").drop(columns="_m").reset_index(drop=True)
 
 
-def results_frame(rows: pd.DataFrame) -> pd.DataFrame:
-    """The raw rows (one per variant, seed and runtime) for results.csv: Variant,Accuracy,LatencyMs,SizeMB first."""
+def _marginal_stats(g: pd.DataFrame) -> dict:
+    """One marginal row's numbers over the ok seed rows `g` of one group (MARGINAL_STATS, and the stages in it)."""
+    mean, std, ci, n = describe(g["test_acc"])
+    return {"stage": "/".join(sorted(g["stage"].unique())), "variants": g["variant"].nunique(), "n": n,
+            "test_acc_mean": mean, "test_acc_std": std, "test_acc_ci95": ci, "latency_ms_mean": g["latency_ms"].mean(),
+            "size_nonzero_mb_mean": g["size_nonzero_mb"].mean(), "size_bytes_mean": g["size_bytes"].mean()}
+
+
+def _swept_marginal(ok: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """`marginal` of a swept key over ok seed rows: one row per (value, kind), values in order, kinds as in KINDS."""
+    ok = ok[ok[axis].notna()]
+    out = [{axis: value, "kind": kind, **_marginal_stats(g)}
+           for (value, kind), g in ok.groupby([axis, "kind"], sort=False)]
+    table = pd.DataFrame(out, columns=[axis, "kind", "stage", *MARGINAL_STATS])
+    if table.empty:
+        return table
+    table[axis] = table[axis].astype(ok[axis].dtype)  # Int64 stays Int64
+    rank = {"_v": table[axis].map(axis_order(table[axis])), "_k": table["kind"].map(
+        {k: i for i, k in enumerate(KINDS)}).fillna(len(KINDS))}
+    return table.assign(**rank).sort_values(["_v", "_k"], kind="stable").drop(columns=list(rank)).reset_index(
+        drop=True)
+
+
+def _typed_like(table: pd.DataFrame, rows: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """The swept-key columns of a table made from `rows` with the rows' dtypes (Int64 stays Int64, not object)."""
+    for a in axes:
+        table[a] = table[a].astype(rows[a].dtype)
+    return table
+
+
+def results_frame(rows: pd.DataFrame, axes: list[str] | None = None) -> pd.DataFrame:
+    """The raw rows (one per variant, seed and runtime) for results.csv: Variant,Accuracy,LatencyMs,SizeMB first,
+    then the swept keys (`axes`, default every dotted column), then the rest."""
+    axes = axis_columns(rows) if axes is None else [a for a in axes if a in rows]
     head = rows[list(CSV_HEAD)].rename(columns=CSV_HEAD)
-    return pd.concat([head, rows.drop(columns=list(CSV_HEAD))], axis=1)
+    return pd.concat([head, rows[axes], rows.drop(columns=[*CSV_HEAD, *axes])], axis=1)
 
 
 def _status(statuses: pd.Series) -> str:
