@@ -130,7 +130,8 @@ def _heat_panels(v: pd.DataFrame, split: list[str] | None = None) -> tuple[list,
         mask = np.ones(len(grid), dtype=bool)
         for a, x in zip(split, combo):
             mask &= grid[a].isna().to_numpy() if pd.isna(x) else (grid[a] == x).fillna(False).to_numpy(bool)
-        prefix = ", ".join(f"{a} = {cell(x)}" for a, x in zip(split, combo) if not pd.isna(x))
+        # one line per key: several `key = value` pairs on one line run into the neighbouring panels' titles
+        prefix = "\n".join(f"{a} = {cell(x)}" for a, x in zip(split, combo) if not pd.isna(x))
         groups.append([(f"{prefix}\n{title}" if prefix else title, g) for title, g in _kind_panels(grid[mask])])
     groups = [g for g in groups if g]
     cols = max(1, min(max((len(g) for g in groups), default=1), HEAT_COLUMNS))
