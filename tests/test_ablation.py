@@ -136,3 +136,35 @@ def test_ablation_sweep_trains_each_variant_once_and_resumes(tmp_path):
     after = {v.key: (exp / "artifacts" / f"{v.key}-{v.config_hash[:10]}" / "model.pt").stat().st_mtime_ns
              for v in plan}
     assert after == before
+
+
+@pytest.mark.slow
+def test_swept_student_augment_cached_logits_match_online_first_epoch_loss(tmp_path):
+    """Per swept student augmentation (RandAugment, Mixup), a KD student's first-epoch loss from the cached teacher
+    logits equals the one with the teacher run online on the same views (fp16 tolerance): the cache stays exact."""
+    import torch
+
+    from kdsweep.data import load_dataset
+    from kdsweep.stages import ensure_teacher_logits, train_variant
+
+    overrides = TINY + ["sweep.student.arch=[mobilenet_v3_small]",
+                        "sweep.student.augment=[[crop,randaugment],[crop,mixup]]"]
+    losses = {}
+    for mode in ("cached", "online"):
+        cfg = load_config(ABLATION, overrides + [f"kd.teacher_logits={mode}"])
+        plan = make_plan(cfg)
+        by_key, paths = plan.by_key(), Paths(tmp_path / mode)
+        data = load_dataset(cfg.data)
+        teacher = plan.stage("teacher")[0]
+        train_variant(cfg, teacher, paths, data, torch.device("cpu"), by_key)
+        for v in plan.stage("student"):
+            if mode == "cached":
+                ensure_teacher_logits(cfg, v.seed, paths, data, torch.device("cpu"), teacher, v)
+            rec = train_variant(cfg, v, paths, data, torch.device("cpu"), by_key)
+            assert rec["status"] == "ok"
+            assert (rec["teacher_logits"] == "online") == (mode == "online")
+            losses[mode, v.values["student.augment"][-1]] = rec["history"][0]["train_loss"]
+    assert {aug for _, aug in losses} == {"randaugment", "mixup"}
+    for aug in ("randaugment", "mixup"):
+        assert losses["cached", aug] == pytest.approx(losses["online", aug], rel=1e-2)
+    assert losses["cached", "randaugment"] != losses["cached", "mixup"]  # the augmentations really differ
