@@ -105,7 +105,8 @@ def validate(raw: dict, sweep: Any, leaf_keys: set[str], build: Any) -> dict[str
 
 
 def split(sweep: dict[str, list]) -> tuple[dict[str, list], dict[str, list]]:
-    """(list-axis keys, multiplying keys) of a validated sweep; a one-value key is a plain setting, not an axis."""
+    """(list-axis keys, multiplying keys) of a validated sweep (config.build_config sets one-value keys as plain
+    settings)."""
     lists = {k: v for k, v in sweep.items() if k in LIST_AXES}
     multi = {k: v for k, v in sweep.items() if k not in LIST_AXES}
     return lists, multi

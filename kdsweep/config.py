@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 ARCHS = ("resnet18", "mobilenet_v3_small")  # the built-in fast path; any torchvision/timm name is checked by models
 DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "tiny-imagenet", "imagefolder")
-AUGMENTS = ("flip", "crop", "randaugment", "mixup", "cutmix")
 Augment = Literal["flip", "crop", "randaugment", "mixup", "cutmix"]
 RUNTIMES = ("torch", "onnxruntime", "tensorrt")  # mirrored by runtimes.RUNTIMES
 # the Python module each runtime needs; checked with find_spec so validation never imports them

@@ -142,9 +142,8 @@ def _pretrained(arch: str, key: str) -> tuple[nn.Module, int]:
         try:
             model = timm.create_model(name, pretrained=True)
         except Exception as exc:  # noqa: BLE001 - hub/network errors vary; the fix is the same
-            raise ModelError(f"{key}.weights: could not fetch timm's pretrained {name} ({exc.__class__.__name__}: "
-                             f"{_first_line(exc)}); offline, use weights: none, or a path to a saved state dict "
-                             f"(timm's file in the Hugging Face cache, $HF_HOME, also works)") from None
+            raise _fetch_error(key, f"timm's pretrained {name}", exc,
+                               "timm's file in the Hugging Face cache, $HF_HOME") from None
         return model, model.num_classes
     enum = REGISTRY[arch][1] if arch in REGISTRY else tvm.get_model_weights(arch).DEFAULT
     try:
@@ -153,9 +152,8 @@ def _pretrained(arch: str, key: str) -> tuple[nn.Module, int]:
         else:
             model = tvm.get_model(arch, weights=enum)
     except Exception as exc:  # noqa: BLE001 - urllib/hub errors vary; the fix is the same
-        raise ModelError(f"{key}.weights: could not fetch {enum} ({exc.__class__.__name__}: {exc}); offline, "
-                         f"use weights: none, or a path to a saved state dict (torchvision's file for {enum} "
-                         f"placed in $TORCH_HOME/hub/checkpoints also works)") from None
+        raise _fetch_error(key, str(enum), exc,
+                           f"torchvision's file for {enum} placed in $TORCH_HOME/hub/checkpoints") from None
     if isinstance(model, (tvm.GoogLeNet, tvm.Inception3)):
         # torchvision loads these weights with the aux heads on (inception_v3 cannot be asked otherwise); drop them
         # as the scratch build does, so both have the same modules and one logits output
@@ -168,6 +166,12 @@ def _pretrained(arch: str, key: str) -> tuple[nn.Module, int]:
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else ""
+
+
+def _fetch_error(key: str, what: str, exc: BaseException, cache: str) -> ModelError:
+    """The one-line error for pretrained weights that could not be fetched (offline), with the ways around it."""
+    return ModelError(f"{key}.weights: could not fetch {what} ({exc.__class__.__name__}: {_first_line(exc)}); "
+                      f"offline, use weights: none, or a path to a saved state dict ({cache} also works)")
 
 
 def classifier(model: nn.Module, num_classes: int) -> tuple[str, nn.Module]:

@@ -176,12 +176,11 @@ def make_plan(cfg: Config) -> Plan:
         dep = {k: val for k, val in first.items() if all(json.dumps(s[0][k]) == json.dumps(val) for s in seen)}
         merged[h] = replace(seen[0][1], axes=ax.canonical(dep))
     _suffix(merged)
-    final = {h: v for h, v in merged.items()}
-    for h, v in merged.items():
+    for h, v in merged.items():  # a parent is never quantized, so its key does not change with this loop
         if v.parent is not None:  # the parent's combination-local key -> its final key
-            values, local, hashes = found[h][0]
-            final[h] = replace(final[h], parent=final[hashes[local.parent]].key)
-    plan = sorted(final.values(), key=lambda v: STAGES.index(v.stage))  # stage order is dependency order
+            _, local, hashes = found[h][0]
+            merged[h] = replace(v, parent=merged[hashes[local.parent]].key)
+    plan = sorted(merged.values(), key=lambda v: STAGES.index(v.stage))  # stage order is dependency order
     _check_size(cfg, plan)
     return Plan(tuple(plan))
 

@@ -231,11 +231,16 @@ class Sweep:
         todo = [v for v in left if not self.trained(v)]
         todo_keys = {v.key for v in todo}
         cached = self.cfg.kd.teacher_logits == "cached"
-        logits: dict[str, Variant] = {}  # one task per (teacher, student views) left to compute: its first KD user
+        # the logit cache each KD variant left reads (one per teacher and student views), keyed once per variant
+        lkey = {v.key: logits_key(self.cfg, v) for v in todo if cached and v.stage in ("student", "pruned") and v.alpha}
+        logits: dict[str, Variant] = {}  # one task per cache left to compute: its first KD user
+        checked: set[str] = set()  # one existence check per cache (a round trip on S3), not per variant
         for v in todo:
-            if cached and v.stage in ("student", "pruned") and v.alpha > 0 and logits_key(self.cfg, v) not in logits:
+            lid = lkey.get(v.key)
+            if lid is not None and lid not in checked:
+                checked.add(lid)
                 if not store.exists(self.paths.teacher_logits(variant_config(self.cfg, v), v.seed)):
-                    logits[logits_key(self.cfg, v)] = v
+                    logits[lid] = v
         tasks = []
         for lid, v in logits.items():
             teacher = teacher_of(v, self.by_key).key
@@ -243,10 +248,10 @@ class Sweep:
                               {"seed": v.seed, "teacher": teacher, "student": v.key}))
         for v in todo:
             deps = [v.parent] if v.parent else []
-            if v.stage == "student" and v.alpha > 0 and cached:
-                deps = [logits_key(self.cfg, v)]  # its teacher, through the logits
-            elif v.stage == "pruned" and cached:
-                deps.append(logits_key(self.cfg, v))  # recovery epochs distil too (usually implied by the parent)
+            if v.stage == "student" and v.key in lkey:
+                deps = [lkey[v.key]]  # its teacher, through the logits
+            elif v.stage == "pruned" and v.key in lkey:
+                deps.append(lkey[v.key])  # recovery epochs distil too (usually implied by the parent)
             deps = [d for d in deps if d in todo_keys or d in logits]
             tasks.append(Task(v.key, "train", v.stage, tuple(deps), {"variant": v.to_dict()}))
         if left:
