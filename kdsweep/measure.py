@@ -16,9 +16,9 @@ from .models import count_params
 
 @torch.inference_mode()
 def predict(model: nn.Module, x: torch.Tensor, spec: ViewSpec, device: torch.device, batch_size: int = 256) -> torch.Tensor:
-    """Logits of un-augmented views of uint8 images `x`, in eval mode."""
+    """Logits of un-augmented views of uint8 images `x`, in eval mode, on `device` (the model is moved there)."""
     was_training = model.training
-    model.eval()
+    model.eval().to(device)
     out = []
     amp = device.type == "cuda"
     for chunk in x.split(batch_size):

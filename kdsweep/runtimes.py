@@ -123,11 +123,12 @@ class Runner:
 
 def torch_runner(model: nn.Module, image_size: int, device: torch.device, precision: str = "fp32",
                  channels: int = 3) -> Runner:
-    """A PyTorch runner: eval mode, inference_mode, autocast for bf16/fp16; CUDA events on GPU, perf_counter on CPU."""
+    """A PyTorch runner on `device` (the model is moved there): eval mode, inference_mode, autocast for bf16/fp16;
+    CUDA events on GPU, perf_counter on CPU."""
     _check_precision(precision)
     if precision == "int8":
         raise ValueError("precision: 'int8' models run in ONNX Runtime, not as torch modules")
-    model.eval()
+    model.eval().to(device)
     x = torch.randn(1, channels, image_size, image_size, device=device)
     autocast = functools.partial(torch.autocast, device.type, dtype=_TORCH_DTYPES.get(precision),
                                  enabled=precision != "fp32")

@@ -203,12 +203,13 @@ def _train(cfg: Config, v: Variant, paths: Paths, data: Dataset, device: torch.d
     history = train(model, data, view, spec, device, teacher=teacher_model, teacher_logits=logits,
                     checkpoint=paths.checkpoint(v), on_epoch=on_epoch, tag={"run": runs})
     make_permanent(model)
+    test_acc = accuracy(model, data.test_x, data.test_y, view, device)  # where it trained, before it moves to the CPU
     model.cpu()
     save_checkpoint(model.state_dict(), paths.model(v))
     size = model_size(model)
     record = {
         "status": "ok", "error": None,
-        "test_acc": accuracy(model, data.test_x, data.test_y, view, torch.device("cpu") if device.type == "cpu" else device),
+        "test_acc": test_acc,
         "params": size.params, "nonzero_params": size.nonzero_params, "sparsity": size.sparsity,
         "size_mb": size.size_mb, "size_nonzero_mb": size.size_nonzero_mb, "size_compressed_mb": size.size_compressed_mb,
         "macs": count_macs(model, cfg.data.image_size),

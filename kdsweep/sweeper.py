@@ -358,12 +358,19 @@ def measure_devices(cfg: Config, gpus_total: float) -> list[str] | None:
     if "tensorrt" in m.runtimes and not may_cuda:
         raise ConfigError("measure.runtimes: tensorrt runs only on a CUDA GPU, but latency is measured on cpu"
                           + ("" if devices else " (the Ray cluster has no GPU)"))
-    if "onnxruntime" in m.runtimes and devices and "cuda" in devices:
+    # `auto` on a machine with a real GPU times on cuda: without this check a GPU box with pip's default (CPU-only)
+    # onnxruntime would fail every variant's ORT row after the whole sweep (seen on an H200)
+    import torch
+
+    auto_cuda = devices is None and gpus_total > 0 and torch.cuda.is_available()
+    if "onnxruntime" in m.runtimes and ("cuda" in (devices or []) or auto_cuda):
         import onnxruntime
 
         if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-            raise ConfigError("measure.runtimes: onnxruntime here has no CUDAExecutionProvider (install "
-                              "onnxruntime-gpu), so it cannot time models on cuda")
+            how = " (measure.latency_device: auto on a machine with a GPU)" if auto_cuda else ""
+            raise ConfigError(f"measure.runtimes: onnxruntime would time models on cuda{how}, but this onnxruntime has "
+                              "no CUDAExecutionProvider: install onnxruntime-gpu, or set measure.devices=[cpu] or "
+                              "measure.runtimes=[torch]")
     return devices
 
 

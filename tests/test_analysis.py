@@ -201,6 +201,15 @@ def test_default_out_dir_is_experiment_analysis(two_seed_exp: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["metrics_grid.png", "results.csv", "tradeoffs.md"]
 
 
+def test_headline_of_a_sweep_where_every_variant_failed_lists_them(tmp_path: Path) -> None:
+    """Seen on an H200: every trial failed, and the end-of-run table raised instead of saying so."""
+    exp = tmp_path / "all-failed"
+    put(exp, "teacher", status="failed", error="RuntimeError: Input type and weight type should be the same")
+    put(exp, "baseline", status="skipped", error="teacher failed")
+    text = headline_table(read_results(exp / "results"))
+    assert "2 variants: 1 failed, 1 skipped" in text and "not ok: teacher (failed); student-ce (no KD) (skipped)" in text
+
+
 def test_failed_variant_listed_with_status_and_error_not_dropped(tmp_path: Path) -> None:
     exp = tmp_path / "failed"
     put(exp, "teacher", acc=0.95, lat=4.0, nz=40.0)

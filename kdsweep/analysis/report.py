@@ -73,7 +73,7 @@ def headline_table(data: pd.DataFrame | Experiment | Tables) -> str:
         pick(quickest, "fastest")
     runtimes = ok["latency_runtime"].dropna().unique()
     w = max([len("variant"), *map(len, picks)])
-    rw = max(len(", ".join(roles)) for roles in picks.values()) + 2
+    rw = max([len("role"), *(len(", ".join(roles)) for roles in picks.values())]) + 2
     ew = max([len("runtime"), *map(len, runtimes)]) + 2 if len(runtimes) > 1 else 0
     lines = [f"{'variant':<{w}}  {'role':<{rw}}{'n':>3}{'acc %':>15}{'lat ms':>9}{'  runtime' if ew else '':<{ew}}"
              f"{'nz MB':>9}{'Δacc pp':>9}"]
