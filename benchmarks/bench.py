@@ -210,7 +210,8 @@ def ours_rows_analysis(cfg, exp: Path, n_train: int) -> dict:  # noqa: ANN001
 
     from kdsweep.results import read_results
 
-    df = read_results(exp / "results")
+    # one row per (variant, seed, latency runtime): training is counted once per trained variant
+    df = read_results(exp / "results").drop_duplicates("key")
     ti = percell.epoch_images(n_train, cfg.teacher.batch_size)
     si = percell.epoch_images(n_train, cfg.student.batch_size)
     teacher = df[df.stage == "teacher"]
@@ -383,8 +384,8 @@ def bench_pipeline(n: int, batch: int, device, repeats: int, workers: int, threa
     from torchvision import transforms
 
     from kdsweep.config import DataConfig
-    from kdsweep.data import IMAGENET_MEAN, IMAGENET_STD, ViewSpec, augment_params, load_dataset, make_views, \
-        train_batches
+    from kdsweep.data import IMAGENET_MEAN, IMAGENET_STD, ViewSpec, augment_params, load_dataset, train_batches, \
+        train_views
 
     torch.set_num_threads(threads)
     data = load_dataset(DataConfig(dataset="synthetic", train_limit=n, test_limit=8))
@@ -427,8 +428,7 @@ def bench_pipeline(n: int, batch: int, device, repeats: int, workers: int, threa
         t = time.perf_counter()
         aug = augment_params(0, 0, n)
         for idx in train_batches(n, batch, 0, 0):
-            idx_d = idx.to(device)
-            _ = make_views(x_all[idx_d], view, aug, idx), y_all[idx_d]
+            _ = train_views(x_all, idx, view, aug, device), y_all[idx.to(device)]
             seen += len(idx)
         sync(device)
         return seen / (time.perf_counter() - t)
@@ -442,7 +442,8 @@ def bench_pipeline(n: int, batch: int, device, repeats: int, workers: int, threa
     params = {"image_size": 224, "stored": "uint8 32 px (CIFAR-like, synthetic)", "n_images": n, "batch_size": batch,
               "reference": "Dataset (PIL per item) + Compose([Resize(224), RandomHorizontalFlip(), ToTensor(), "
                            "Normalize(imagenet)]) + DataLoader(shuffle=True)",
-              "ours": "kdsweep.data.make_views on a uint8 batch: flip, /255, bilinear 32->224, normalise",
+              "ours": "kdsweep.data.train_views (what engine.train calls) on the uint8 training set kept on the device: gather, "
+                      "flip, /255, bilinear 32->224, normalise",
               "num_workers": workers, "torch_threads": threads, "repeats": repeats,
               "order": "reference, ours, repeated", "reference_images_per_s": spread(ips["reference"]),
               "ours_images_per_s": spread(ips["ours"])}
@@ -538,7 +539,12 @@ def bench_packing(size: int, batch: int, subset: int, window: float, dataset_n: 
     if gpu:
         levels.pop("1t1")
     log(f"packing: starting {sum(map(count, levels))} warm trial processes")
-    actors = {k: [Trial.remote(shared, levels[k], dev, size, batch, subset) for _ in range(count(k))] for k in levels}
+    # on a GPU each actor holds a share of it, as a Tune trial does (Ray then sets CUDA_VISIBLE_DEVICES; with
+    # RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1 it hides the GPUs from an actor that asks for none); 7 x 0.1 keeps every
+    # level's actors alive at once, and only one level trains at a time
+    opts = {"num_gpus": 0.1} if gpu else {}
+    actors = {k: [Trial.options(**opts).remote(shared, levels[k], dev, size, batch, subset) for _ in range(count(k))]
+              for k in levels}
     ray.get([a.memory.remote() for acts in actors.values() for a in acts])
     for acts in actors.values():  # warm-up, one level at a time
         ray.get([a.run.remote(0.5, time.time() + 0.2) for a in acts])

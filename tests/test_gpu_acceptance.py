@@ -1,0 +1,44 @@
+"""benchmarks/gpu_acceptance.py --cpu-smoke: every section of the GPU acceptance run end to end on CPU at toy size,
+so the one command a GPU session runs cannot rot between GPU sessions (issue 15). Numbers are not checked: timings
+belong in benchmarks/RESULTS.md."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_acceptance_cpu_smoke_writes_every_entry(tmp_path: Path) -> None:
+    out = tmp_path / "acceptance"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_acceptance.py"), "--out", str(out),
+                           "--cpu-smoke"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "gpu_acceptance.json").read_text())
+    s = res["sections"]
+    assert list(s) == ["cuda_tests", "seed_grid", "seed_grid_n2", "percell", "kd224", "pipeline", "packing", "latency"]
+    assert not [k for k, v in s.items() if "error" in v or "skipped" in v]
+    assert res["env"]["torch"] and res["env"]["onnxruntime"] and res["env"]["cores"] >= 1
+    # the cuda tests ran in a subprocess: on a machine without a GPU each is skipped and says why
+    tests = s["cuda_tests"]["tests"]
+    assert len(tests) == 6 and set(s["cuda_tests"]["counts"]) <= {"passed", "skipped"}
+    assert all(t["why"] for t in tests.values() if t["outcome"] == "skipped")
+    for key, n in (("seed_grid", 48), ("seed_grid_n2", 96)):
+        g = s[key]
+        assert g["n_train"] == n and g["status"] == {"ok": 4} and g["latency_devices"] == ["cpu"]
+        assert g["most_trials_at_once"] >= 1 and set(g["epoch_timing"]) == {"teacher", "baseline", "student", "pruned"}
+    assert "extrapolat" in res["seed_grid_50k"]["label"] or "upper bound" in res["seed_grid_50k"]["label"]
+    assert s["percell"]["cells"] == 1 and s["percell"]["errors"] == []
+    for key in ("kd224", "pipeline", "packing"):
+        assert s[key]["ours"] > 0 and s[key]["baseline"] > 0
+    assert set(s["packing"]["params"]["trials_per_device"]) >= {"1", "2", "4"}
+    lat = s["latency"]["models"]["mobilenet_v3_small"]
+    assert lat["torch fp32"]["median_ms"] > 0 and lat["ort cpu fp32 (1 thread)"]["median_ms"] > 0
+    md = (out / "gpu_acceptance.md").read_text()
+    assert md.startswith("### GPU acceptance") and "| per-cell grid, N = 48 |" in md
+    assert not list(Path(res["sections"]["seed_grid"]["exp"]).parents[1].glob("*")), "experiments left behind"
