@@ -21,7 +21,7 @@ def test_gpu_acceptance_cpu_smoke_writes_every_entry(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "gpu_acceptance.json").read_text())
     s = res["sections"]
-    assert list(s) == ["cuda_tests", "seed_grid", "seed_grid_n2", "percell", "kd224", "pipeline", "packing", "latency"]
+    assert list(s) == ["cuda_tests", "seed_grid", "percell", "kd224", "pipeline", "packing", "latency", "seed_grid_n2"]
     assert not [k for k, v in s.items() if "error" in v or "skipped" in v]
     assert res["env"]["torch"] and res["env"]["onnxruntime"] and res["env"]["cores"] >= 1
     # the cuda tests ran in a subprocess: on a machine without a GPU each is skipped and says why
@@ -32,7 +32,10 @@ def test_gpu_acceptance_cpu_smoke_writes_every_entry(tmp_path: Path) -> None:
         g = s[key]
         assert g["n_train"] == n and g["status"] == {"ok": 4} and g["latency_devices"] == ["cpu"]
         assert g["most_trials_at_once"] >= 1 and set(g["epoch_timing"]) == {"teacher", "baseline", "student", "pruned"}
-    assert "extrapolat" in res["seed_grid_50k"]["label"] or "upper bound" in res["seed_grid_50k"]["label"]
+        assert g["epoch_timing"]["student"]["trials"] == 1 and g["epoch_timing"]["student"]["epochs"] == 1
+    x = res["seed_grid_50k"]
+    assert set(x) == {"from_epochs", "fit"} and all("extrapolation" in e["label"] for e in x.values())
+    assert x["from_epochs"]["extrapolated_s"] > s["seed_grid"]["wall_s"]
     assert s["percell"]["cells"] == 1 and s["percell"]["errors"] == []
     for key in ("kd224", "pipeline", "packing"):
         assert s[key]["ours"] > 0 and s[key]["baseline"] > 0
