@@ -1,4 +1,4 @@
-"""`kdsweep run | plan`: the command line. Bad input exits 2 with one line, before Ray starts."""
+"""`kdsweep run | plan | analyze | status`: the command line. Bad input exits 2 with one line, before Ray starts."""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     an.add_argument("--facet", default=None, metavar="KEY",
                     help="swept key (sweep: section) to split metrics_grid.png by, e.g. student.arch "
                          "(default: the first swept key that varies; none without a sweep)")
+    st = sub.add_parser("status", help="how far an experiment is (planned, done, failed, running, ETA); no Ray needed")
+    st.add_argument("experiment", help="experiment folder <storage>/<name> (local path or s3://...)")
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan without starting Ray")
     return p
 
@@ -34,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.cmd == "analyze":
         return _analyze(args.experiment, args.out, args.facet)
+    if args.cmd == "status":
+        return _status(args.experiment)
     from .data import DataError
     from .models import ModelError
     from .sweeper import run
@@ -51,6 +55,17 @@ def main(argv: list[str] | None = None) -> int:
         if len(bad):
             print(f"kdsweep: {len(bad)} variant(s) did not finish ok: {', '.join(bad.key)}", file=sys.stderr)
             return 1
+    return 0
+
+
+def _status(experiment: str) -> int:
+    from .status import StatusError, experiment_status, format_status
+
+    try:
+        print(format_status(experiment_status(experiment)))
+    except StatusError as exc:
+        print(f"kdsweep: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

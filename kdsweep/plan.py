@@ -152,6 +152,13 @@ def variant_config(cfg: Config, v: Variant) -> Config:
     return hit[1]
 
 
+def planned_epochs(cfg: Config, v: Variant) -> int:
+    """Training epochs the variant runs (quantized variants train none: they are calibrated)."""
+    c = variant_config(cfg, v)
+    return {"teacher": c.teacher.epochs, "baseline": c.student.epochs, "student": c.student.epochs,
+            "pruned": c.prune.recovery_epochs}.get(v.stage, 0)
+
+
 def make_plan(cfg: Config) -> Plan:
     """Every variant of the sweep once: each combination of `cfg.sweep` planned as one config, merged by content hash.
 

@@ -6,10 +6,8 @@ checkpoint, and the Ray trainables stay thin wrappers.
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -19,59 +17,17 @@ from torch import nn
 
 from . import storage
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import Config, config_hash, logits_settings, stage_augment
+from .config import Config, stage_augment
 from .data import Dataset, ViewSpec, make_views
 from .engine import DivergedError, TrainSpec, recalibrate_bn, teacher_logits, train
 from .measure import accuracy, count_macs, device_label, model_size, predict
 from .models import build_model, set_bn_momentum
+from .paths import Paths  # noqa: F401 - where it lived before paths.py; callers import it from here too
 from .plan import STRUCTURED, Variant, teacher_of, variant_config
 from .pruning import apply_pruning, make_permanent, sparsity_report
 
 # images of the test split that every ONNX export is checked on against PyTorch (batch > 1: the batch axis is dynamic)
 EXPORT_CHECK_IMAGES = 64
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Where an experiment keeps its files: locations (strings) under `root`, a local path or a URI (s3://...)."""
-
-    root: str
-
-    def __post_init__(self):
-        object.__setattr__(self, "root", os.fspath(self.root))
-
-    def artifact_dir(self, v: Variant) -> str:
-        # the hash in the name: a changed upstream setting gets a fresh folder instead of a stale checkpoint
-        return storage.join(self.root, "artifacts", f"{v.key}-{v.config_hash[:10]}")
-
-    def checkpoint(self, v: Variant) -> str:
-        return storage.join(self.artifact_dir(v), "checkpoint.pt")
-
-    def model(self, v: Variant) -> str:
-        return storage.join(self.artifact_dir(v), "model.pt")
-
-    def record(self, v: Variant) -> str:
-        return storage.join(self.artifact_dir(v), "trained.json")
-
-    def latency(self, v: Variant) -> str:
-        return storage.join(self.artifact_dir(v), "latency.json")
-
-    def onnx(self, v: Variant) -> str:
-        return storage.join(self.artifact_dir(v), "model.onnx")
-
-    def structure(self, v: Variant) -> str:
-        """The pruning history of a structurally pruned variant (JSON; replayed on a fresh model to load it)."""
-        return storage.join(self.artifact_dir(v), "structure.json")
-
-    def signals(self, run: str) -> str:
-        return storage.join(self.root, "signals", f"{run}.json")
-
-    def result(self, v: Variant) -> str:
-        return storage.join(self.root, "results", f"{v.key}.parquet")
-
-    def teacher_logits(self, cfg: Config, seed: int) -> str:
-        h = config_hash(logits_settings(cfg, seed))
-        return storage.join(self.root, "artifacts", f"teacher_logits-s{seed}-{h[:10]}.pt")
 
 
 def arch_of(cfg: Config, v: Variant) -> str:

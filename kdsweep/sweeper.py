@@ -19,7 +19,8 @@ from . import storage as store
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import Config, ConfigError, load_config
 from .data import load_dataset
-from .plan import Plan, Variant, describe, logits_key, make_plan, teacher_of, variant_config
+from .plan import Plan, Variant, describe, logits_key, make_plan, planned_epochs, teacher_of, variant_config
+from .status import duration, eta_seconds
 from .results import COLUMNS, ResultError, provenance, read_row, read_rows, write_rows
 from .schedule import Task
 from .stages import Paths, read_record, runtime_rows
@@ -99,6 +100,9 @@ class _Progress:
         self.total: dict[str, int] = {}
         self.done: dict[str, int] = {}
         self.failed = 0
+        self.slots = 1
+        self.pending: dict[str, tuple[str, int]] = {}  # train task id -> (stage, epochs), until it finishes
+        self.finished: list[tuple[str, int, float]] = []  # (stage, epochs, seconds in the trial) of finished ones
 
     def event(self, task: "Task", status: str, result: dict) -> None:
         if status == "start":
@@ -110,6 +114,10 @@ class _Progress:
             return
         if task.kind == "train":
             self.done[task.stage] = self.done.get(task.stage, 0) + 1
+            stage, epochs = self.pending.pop(task.id, (task.stage, 0))
+            start, end = result.get("trial_start"), result.get("trial_end")
+            if status == "ok" and isinstance(start, float) and isinstance(end, float):
+                self.finished.append((stage, epochs, end - start))
         acc = result.get("test_acc")
         if status == "ok" and isinstance(acc, float) and (self.best is None or acc > self.best):
             self.best = acc
@@ -120,7 +128,9 @@ class _Progress:
         fail = f", {self.failed} not ok" if self.failed else ""
         what = status.split(":")[0]
         trained = f" · trained {counts}" if counts else ""
-        self.echo(f"[{task.id}] {what}{trained}{fail} · best acc {best} · {el // 60}m{el % 60:02d}s elapsed")
+        eta = eta_seconds(self.finished, list(self.pending.values()), self.slots) if self.pending else None
+        left = f" · ETA ~{duration(eta)} of training" if eta is not None else ""
+        self.echo(f"[{task.id}] {what}{trained}{fail} · best acc {best} · {el // 60}m{el % 60:02d}s elapsed{left}")
 
 
 def _init_ray(address: str | None, echo: Echo) -> bool:
@@ -277,6 +287,8 @@ class Sweep:
         train = [t for t in tasks if t.kind == "train"]
         self.progress.total = {s: n for s in ("teacher", "baseline", "student", "pruned", "quantized")
                                if (n := sum(t.stage == s for t in train))}
+        self.progress.slots = slots
+        self.progress.pending = {t.id: (t.stage, planned_epochs(self.cfg, self.by_key[t.id])) for t in train}
         if train:
             self.echo(f"[sweep] training {len(train)} variant(s): "
                       + ", ".join(f"{s} {n}" for s, n in self.progress.total.items()) + f"; {slots} trial slot(s)")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import sys
 import warnings
@@ -12,13 +11,13 @@ import ray
 import torch
 from ray import tune
 
-from . import storage
 from .config import Config
 from .data import Dataset
-from .plan import Variant
+from .plan import Variant, planned_epochs
 from .results import hostname, now
 from .schedule import wait_for
 from .stages import Paths, ensure_teacher_logits, measure_latencies, read_record, train_variant
+from .status import Heartbeat
 
 
 def dataset_to_arrays(ds: Dataset) -> dict:
@@ -95,16 +94,21 @@ def _run_task(config: dict, shared: list) -> None:
 def _train(cfg: Config, paths: Paths, plan: dict[str, Variant], data: Dataset, v: Variant) -> None:
     start = now()
     gpu_ids = ",".join(str(g) for g in ray.get_gpu_ids())
-    # who is training this variant right now: for operators (and the crash tests) to find the process
-    storage.write_bytes(storage.join(paths.artifact_dir(v), "trial.json"),
-                       json.dumps({"pid": os.getpid(), "node": hostname(), "gpu_ids": gpu_ids, "start": start}).encode())
-    record = train_variant(cfg, v, paths, data, trial_device(), plan,
-                           on_epoch=lambda row: tune.report({**row, "key": v.key}),
-                           extra=lambda: {"node": hostname(), "node_ip": ray.util.get_node_ip_address(),
-                                          "node_id": ray.get_runtime_context().get_node_id(),
-                                          "gpu_ids": gpu_ids, "trial_start": start, "trial_end": now()})
+    # who is training this variant right now and how far: for `kdsweep status`, operators and the crash tests
+    beat = Heartbeat(paths.trial(v), {"pid": os.getpid(), "node": hostname(), "gpu_ids": gpu_ids, "start": start,
+                                      "epochs": planned_epochs(cfg, v)})
+
+    def on_epoch(row: dict) -> None:
+        beat.epoch(row["epoch"])
+        tune.report({**row, "key": v.key})
+
+    with beat:
+        record = train_variant(cfg, v, paths, data, trial_device(), plan, on_epoch=on_epoch,
+                               extra=lambda: {"node": hostname(), "node_ip": ray.util.get_node_ip_address(),
+                                              "node_id": ray.get_runtime_context().get_node_id(),
+                                              "gpu_ids": gpu_ids, "trial_start": start, "trial_end": now()})
     tune.report({"key": v.key, "final": True, "status": record["status"], "error": record.get("error"),
-                 "test_acc": record.get("test_acc")})
+                 "test_acc": record.get("test_acc"), "trial_start": start, "trial_end": record.get("trial_end")})
 
 
 def _latency(cfg: Config, paths: Paths, plan: dict[str, Variant], data: Dataset, keys: list[str],

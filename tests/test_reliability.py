@@ -14,6 +14,7 @@ import pytest
 
 import kdsweep
 from kdsweep.checkpoint import load_checkpoint
+from kdsweep.status import experiment_status, format_status
 from kdsweep.cli import main
 from kdsweep.results import read_results
 from kdsweep.stages import read_record
@@ -129,17 +130,31 @@ def test_killed_driver_rerun_finishes_without_retraining(tmp_path):
             return art and (art / "trained.json").is_file()
 
         _wait_for(student_done, 240, proc)
+        live = experiment_status(exp)  # kdsweep status while the driver runs
         left = _descendants(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         _kill_all(_descendants(proc.pid) | left if "left" in dir() else {proc.pid})
+    end = time.monotonic() + 10  # SIGKILL is asynchronous: the killed trials' processes take a moment to go
+    killed = experiment_status(exp)
+    while any(v.state == "running" for v in killed.variants) and time.monotonic() < end:
+        time.sleep(0.2)
+        killed = experiment_status(exp)
+    for st in (live, killed):
+        assert len(st.variants) == 5 and sum(st.counts().values()) == 5
+        # trained; their result rows come after the sweep's latency timing
+        assert {v.key for v in st.variants if v.state in ("ok", "trained")} >= {"teacher-s0", "baseline-s0"}
+    assert not [v for v in killed.variants if v.state == "running"]  # its processes are gone, whatever the heartbeat
+    assert {v.state for v in killed.variants if v.stage == "pruned"} <= {"interrupted", "pending"}
     done = {k: (_artifact(exp, k) / "trained.json").stat().st_mtime_ns
             for k in ("teacher-s0", "baseline-s0", "student-T4-a0.9-s0")}
     rerun = subprocess.run(_cli(tmp_path, *over), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     df = read_results(exp / "results")
     assert len(df) == 5 and df.key.is_unique and (df.status == "ok").all()
+    finished = experiment_status(exp)
+    assert finished.counts() == {"ok": 5} and "training finished" in format_status(finished)
     assert {k: (_artifact(exp, k) / "trained.json").stat().st_mtime_ns for k in done} == done
     assert (df.set_index("key").loc[list(done), "train_runs"] == 1).all()
     # only pruned variants (the one the driver was killed in, and any not started) are left to train

@@ -1,0 +1,56 @@
+"""Where an experiment keeps its files (torch-free: `kdsweep status` and the driver read them without a model)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from . import storage
+from .config import Config, config_hash, logits_settings
+from .plan import Variant
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where an experiment keeps its files: locations (strings) under `root`, a local path or a URI (s3://...)."""
+
+    root: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", os.fspath(self.root))
+
+    def artifact_dir(self, v: Variant) -> str:
+        # the hash in the name: a changed upstream setting gets a fresh folder instead of a stale checkpoint
+        return storage.join(self.root, "artifacts", f"{v.key}-{v.config_hash[:10]}")
+
+    def checkpoint(self, v: Variant) -> str:
+        return storage.join(self.artifact_dir(v), "checkpoint.pt")
+
+    def model(self, v: Variant) -> str:
+        return storage.join(self.artifact_dir(v), "model.pt")
+
+    def record(self, v: Variant) -> str:
+        return storage.join(self.artifact_dir(v), "trained.json")
+
+    def trial(self, v: Variant) -> str:
+        """Who trains the variant now and how far it is: pid, node, epoch, a heartbeat (see kdsweep.status)."""
+        return storage.join(self.artifact_dir(v), "trial.json")
+
+    def latency(self, v: Variant) -> str:
+        return storage.join(self.artifact_dir(v), "latency.json")
+
+    def onnx(self, v: Variant) -> str:
+        return storage.join(self.artifact_dir(v), "model.onnx")
+
+    def structure(self, v: Variant) -> str:
+        """The pruning history of a structurally pruned variant (JSON; replayed on a fresh model to load it)."""
+        return storage.join(self.artifact_dir(v), "structure.json")
+
+    def signals(self, run: str) -> str:
+        return storage.join(self.root, "signals", f"{run}.json")
+
+    def result(self, v: Variant) -> str:
+        return storage.join(self.root, "results", f"{v.key}.parquet")
+
+    def teacher_logits(self, cfg: Config, seed: int) -> str:
+        h = config_hash(logits_settings(cfg, seed))
+        return storage.join(self.root, "artifacts", f"teacher_logits-s{seed}-{h[:10]}.pt")

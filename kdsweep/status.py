@@ -1,0 +1,237 @@
+"""`kdsweep status`: how far an experiment is, read from its files alone (no Ray, no torch): works while its driver
+runs, after the driver died, and on a finished experiment, on local/NFS paths and s3:// URIs alike.
+
+A variant is `ok`, `failed` or `skipped` once its result file exists (written after the sweep's latency timing),
+`trained` (or `failed`) once its trial wrote its record. Before that, the trial training it rewrites its
+`trial.json` (pid, node, epoch) every `HEARTBEAT_S` seconds: a fresh heartbeat means `running`, a stale one (or, on
+this machine, a process that is gone) `interrupted` (its driver or node died; a rerun resumes it from its last epoch
+checkpoint), none `pending`.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from . import storage
+from .analysis.load import load_experiment
+from .config import ConfigError, load_config
+from .paths import Paths
+from .plan import Variant, planned_epochs
+
+HEARTBEAT_S = 30.0  # a training trial rewrites its trial.json this often
+STALE_S = 120.0  # no heartbeat for this long: nothing is training that variant any more
+DONE = ("ok", "trained", "failed", "skipped")  # trained: its latency is timed once all training has finished
+STATES = (*DONE, "running", "interrupted", "pending")
+
+
+class StatusError(ValueError):
+    """The path is not a kdsweep experiment (exit 2)."""
+
+
+@dataclass
+class VariantState:
+    key: str
+    label: str
+    stage: str
+    state: str  # one of STATES (or "unreadable" for a damaged result file)
+    epochs: int  # planned training epochs
+    epoch: int = 0  # epochs finished (running / interrupted)
+    node: str = ""
+    error: str = ""
+
+
+@dataclass
+class Status:
+    uri: str
+    variants: list[VariantState]
+    best: tuple[str, float] | None  # (variant, test accuracy) of the best ok non-teacher variant
+    eta_s: float | None  # training time left, from the finished trials' durations
+    at_once: int  # trials that ran at the same time, as observed
+    notes: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in STATES}
+        for v in self.variants:
+            out[v.state] = out.get(v.state, 0) + 1
+        return {s: n for s, n in out.items() if n}
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The most [start, end] intervals open at one moment (an end before a start at the same instant)."""
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def eta_seconds(finished: list[tuple[str, int, float]], remaining: list[tuple[str, int]], at_once: int) -> float | None:
+    """Training time left: each remaining (stage, epochs left) at its stage's mean seconds per epoch over the
+    finished (stage, epochs, seconds), or all stages' mean where its stage has none finished yet, spread over
+    `at_once` trials. None before any trial with epochs has finished."""
+    per_stage: dict[str, list[float]] = {}
+    for stage, epochs, seconds in finished:
+        if epochs > 0 and seconds > 0:
+            per_stage.setdefault(stage, []).append(seconds / epochs)
+    if not per_stage:
+        return None
+    overall = sum(sum(v) for v in per_stage.values()) / sum(len(v) for v in per_stage.values())
+    mean = {s: sum(v) / len(v) for s, v in per_stage.items()}
+    work = sum(mean.get(stage, overall) * left for stage, left in remaining)
+    return work / max(1, at_once)
+
+
+def _alive(trial: dict) -> bool:
+    """False when the trial ran on this machine and its process is gone (its heartbeat may still look fresh)."""
+    import os
+
+    from .results import hostname
+
+    pid = trial.get("pid")
+    if trial.get("node") != hostname() or not isinstance(pid, int):
+        return True  # another node: only the heartbeat's age can tell
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed process whose parent died too lingers as a zombie until it is reaped
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def _json(path: str) -> dict | None:
+    try:
+        return json.loads(storage.read_text(path))
+    except (OSError, ValueError):
+        return None
+
+
+def experiment_status(experiment: str, now: float | None = None) -> Status:
+    """The state of every planned variant of `experiment` (a folder or URI), the best accuracy so far and an ETA."""
+    now = time.time() if now is None else now
+    try:
+        if not storage.exists(storage.join(str(experiment), "plan.json")):
+            raise StatusError(f"{experiment}: not a kdsweep experiment (no plan.json)")
+        cfg = load_config(storage.join(str(experiment), "config.yaml"))
+    except ConfigError as exc:
+        raise StatusError(f"{experiment}: its config.yaml does not load ({exc})") from None
+    exp = load_experiment(experiment)
+    paths = Paths(str(experiment))
+    rows = exp.rows
+    by_key = {k: g.iloc[0].to_dict() | {"ok": bool((g["status"] == "ok").any())}
+              for k, g in rows.groupby("key")} if len(rows) else {}
+    states: list[VariantState] = []
+    finished: list[tuple[str, int, float]] = []
+    spans: list[tuple[float, float]] = []
+    accs: list[tuple[float, str]] = []
+    for entry in exp.planned:
+        v = Variant.from_dict({k: val for k, val in entry.items() if k not in ("key", "variant")})
+        st = VariantState(v.key, entry.get("variant", v.key), v.stage, "pending", planned_epochs(cfg, v))
+        # result rows are written once the sweep's latency is timed; until then a trained variant has its record
+        rec = by_key.get(v.key)
+        if rec is not None:
+            st.state = "ok" if rec["ok"] else str(rec["status"])
+        elif (rec := _json(paths.record(v))) is not None:
+            st.state = "trained" if rec.get("status") == "ok" else "failed"
+        elif (t := _json(paths.trial(v))) is not None:
+            beat = float(t.get("beat", t.get("start", 0)))
+            st.state = "running" if now - beat < STALE_S and _alive(t) else "interrupted"
+            st.epoch, st.node = int(t.get("epoch", 0)), str(t.get("node", ""))
+        if rec is not None:
+            st.error = rec["error"] if isinstance(rec.get("error"), str) else ""
+            st.epoch = st.epochs if st.state in ("ok", "trained") else 0
+            start, end = rec.get("trial_start"), rec.get("trial_end")
+            if st.state in ("ok", "trained", "failed") and isinstance(start, float) and isinstance(end, float) \
+                    and start == start and end == end:  # not NaN
+                finished.append((v.stage, int(rec.get("epochs_run") or 0), end - start))
+                spans.append((start, end))
+            acc = rec.get("test_acc")
+            if st.state in ("ok", "trained") and v.stage != "teacher" and isinstance(acc, float) and acc == acc:
+                accs.append((acc, st.label))
+        states.append(st)
+    best = max(accs) if accs else None
+    running = sum(s.state == "running" for s in states)
+    at_once = max(most_at_once(spans), running, 1)
+    remaining = [(s.stage, max(0, s.epochs - s.epoch)) for s in states if s.state not in DONE]
+    eta = eta_seconds(finished, remaining, at_once) if remaining else 0.0
+    notes = [f"unreadable: {u}" for u in exp.unreadable]
+    return Status(exp.uri, states, (best[1], best[0]) if best else None, eta, at_once, notes)
+
+
+def duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def format_status(st: Status, width: int = 12) -> str:
+    """What `kdsweep status` prints: counts, per-stage progress, what is running or interrupted, best, ETA."""
+    counts = st.counts()
+    lines = [f"{st.uri}: {len(st.variants)} planned · " + ", ".join(f"{n} {s}" for s, n in counts.items())]
+    for stage in dict.fromkeys(v.stage for v in st.variants):
+        vs = [v for v in st.variants if v.stage == stage]
+        done = sum(v.state in DONE for v in vs)
+        lines.append(f"  {stage:<{width}}{done:>4}/{len(vs):<4} done"
+                     + "".join(f" · {n} {s}" for s in STATES[1:] if (n := sum(v.state == s for v in vs))))
+    for v in st.variants:
+        if v.state in ("running", "interrupted"):
+            where = f" on {v.node}" if v.node else ""
+            lines.append(f"  {v.state}: {v.label} (epoch {v.epoch}/{v.epochs}{where})")
+    for v in st.variants:
+        if v.state == "failed":
+            lines.append(f"  failed: {v.label}: {v.error.splitlines()[0][:160] if v.error else '?'}")
+    lines.append(f"  best so far: {st.best[0]} {st.best[1]:.4f}" if st.best else "  best so far: -")
+    if st.eta_s is None:
+        lines.append("  ETA: after the first trial finishes")
+    elif st.eta_s == 0 and not any(v.state not in DONE for v in st.variants):
+        timing = " (latency timing not finished)" if counts.get("trained") else ""
+        lines.append("  training finished" + timing + ("" if counts.get("ok") or counts.get("trained") else
+                                                       " (nothing ok)"))
+    else:
+        lines.append(f"  ETA: ~{duration(st.eta_s)} of training left ({st.at_once} trial(s) at once; latency "
+                     "timing comes after)")
+    if any(v.state == "interrupted" for v in st.variants):
+        lines.append("  interrupted variants resume from their last epoch when the same `kdsweep run` is started again")
+    return "\n".join(lines + [f"  warning: {n}" for n in st.notes])
+
+
+class Heartbeat:
+    """Keeps a training trial's `trial.json` fresh: written on entry, after every epoch (`epoch(n)`) and every
+    `HEARTBEAT_S` seconds from a daemon thread, so `kdsweep status` can tell a running trial from a dead one."""
+
+    def __init__(self, path: str, info: dict, every: float = HEARTBEAT_S):
+        import threading
+
+        self.path, self.info, self.every = path, dict(info, epoch=0), every
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="kdsweep-heartbeat")
+
+    def write(self) -> None:
+        with self._lock:
+            try:
+                storage.write_bytes(self.path, json.dumps(self.info | {"beat": time.time()}).encode())
+            except OSError:
+                pass  # a missed beat must not fail the training it reports on
+
+    def epoch(self, n: int) -> None:
+        self.info["epoch"] = int(n)
+        self.write()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.write()
+
+    def __enter__(self) -> "Heartbeat":
+        self.write()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
