@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -184,6 +183,7 @@ def seed_grid(n: int, smoke: bool, storage: Path) -> dict:
     r = bench.run_ours(cfg, d)
     rows = bench.ours_rows_analysis(cfg, r["exp"], n)
     from kdsweep.results import read_results
+    from kdsweep.status import most_at_once
 
     df = read_results(r["exp"] / "results")
     trained = df.drop_duplicates("key").dropna(subset=["trial_start", "trial_end"])  # a row per runtime
@@ -192,20 +192,10 @@ def seed_grid(n: int, smoke: bool, storage: Path) -> dict:
             "wall_s": round(r["wall_s"], 2), "variants": rows["rows"], "status": rows["status"],
             "latency_devices": sorted(df.latency_device.dropna().unique().tolist()),
             "gpu_ids": sorted(str(g) for g in df.gpu_ids.dropna().unique()),
-            "most_trials_at_once": most_at_once(trained.trial_start, trained.trial_end),
+            "most_trials_at_once": most_at_once(list(zip(trained.trial_start, trained.trial_end))),
             "image_passes": rows["passes_from_rows"], "images_per_s_of_wall": round(train_images / r["wall_s"], 1),
             "milestones_s": r["waves"], "stages": rows["stages"], "epoch_timing": epoch_timing(r["exp"]),
             "overrides": grid_overrides(n, smoke), "exp": str(r["exp"])}
-
-
-def most_at_once(starts, ends) -> int:  # noqa: ANN001
-    """The largest number of [start, end] intervals open at one moment (an end before a start at the same time)."""
-    events = sorted([(float(t), 1) for t in starts] + [(float(t), -1) for t in ends], key=lambda e: (e[0], e[1]))
-    running = most = 0
-    for _, step in events:
-        running += step
-        most = max(most, running)
-    return most
 
 
 def extrapolate(runs: list[dict]) -> dict:
