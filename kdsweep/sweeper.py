@@ -5,13 +5,14 @@ their last epoch checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import IO, TYPE_CHECKING, Callable, Iterator
 
 import yaml
 
@@ -133,6 +134,49 @@ class _Progress:
         self.echo(f"[{task.id}] {what}{trained}{fail} · best acc {best} · {el // 60}m{el % 60:02d}s elapsed{left}")
 
 
+@contextlib.contextmanager
+def _stderr_to(file: "IO[bytes]") -> Iterator[None]:
+    """Send file descriptor 2 (where Ray's C++ core logs) to `file` for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(file.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _connect(address: str, kw: dict) -> None:
+    """`ray.init(address=...)` whose failures are one line (ConfigError): a cluster that refuses this driver's token,
+    or none at the address. Ray itself retries for ~20 s, printing a gRPC warning a second; those stay off the
+    terminal (shown if the connection succeeds, or fails some other way)."""
+    import tempfile
+
+    import ray
+
+    with tempfile.TemporaryFile() as log:
+        try:
+            with _stderr_to(log):
+                ray.init(address=address, **kw)
+        except ConnectionError as exc:
+            why = f"{exc} {exc.__cause__ or ''}"
+            if "InvalidAuthToken" in why or "AuthenticationError" in why:
+                raise ConfigError(
+                    f"--address {address}: the Ray cluster refused this driver's token: set RAY_AUTH_MODE=token and "
+                    "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token, as on every node "
+                    "(`ray get-auth-token` on the head prints it)") from None
+            raise ConfigError(f"--address {address}: no Ray cluster answered there (start one with `ray start "
+                              "--head`, or leave --address and RAY_ADDRESS unset to run locally)") from None
+        except BaseException:
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace"))
+            raise
+        log.seek(0)
+        sys.stderr.write(log.read().decode(errors="replace"))
+
+
 def _init_ray(address: str | None, echo: Echo) -> bool:
     """Connect to `address` (or RAY_ADDRESS) or start Ray locally on loopback; True if we started it."""
     import ray
@@ -145,7 +189,7 @@ def _init_ray(address: str | None, echo: Echo) -> bool:
         host = address.split("://")[-1].rsplit(":", 1)[0]
         if host.startswith("127."):
             kw["_node_ip_address"] = host  # Ray would otherwise swap loopback for the routable address
-        ray.init(address=address, **kw)
+        _connect(address, kw)
     else:
         # stay on loopback: a local sweep has no reason to open Ray's unauthenticated ports to the network
         ray.init(_node_ip_address=os.environ.get("KDSWEEP_NODE_IP", LOCAL_NODE_IP), **kw)
