@@ -1,5 +1,5 @@
-"""The same sweep on a two-node Ray cluster started the way users start one (`ray start`), with the token
-authentication Ray now defaults to; both nodes on this machine, loopback only."""
+"""kdsweep on Ray clusters started the way users start them (`ray start`), with the token authentication Ray now
+defaults to: a sweep over two nodes through `--address`, and one submitted as a Ray job. Loopback only."""
 from __future__ import annotations
 
 import os
@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -18,6 +19,7 @@ from kdsweep.results import read_results
 
 from .conftest import SMOKE
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.train_limit=256", "data.test_limit=64", "teacher.epochs=1", "student.epochs=2",
         "prune.recovery_epochs=1", "kd.temperature=[2,4]", "kd.alpha=[0.9]", "prune.amount=[0.3]",
         "measure.iters=5", "measure.warmup=1", "resources.cpus_per_trial=1", "resources.gpus_per_trial=0.5",
@@ -33,13 +35,22 @@ def _free_port() -> int:
 
 
 def _stop(temp_dir: str) -> None:
-    """Kill this cluster's processes only (`ray stop` would stop every Ray on the machine)."""
+    """Kill this cluster's processes only (`ray stop` would stop every Ray on the machine): those started with its
+    temp dir and all their descendants. The agents rename themselves (`ray::DashboardAgent`) and, left alive, hold
+    the default agent ports, so the next cluster's head has "No available agent" for jobs."""
+    procs: dict[int, psutil.Process] = {}
     for p in psutil.process_iter(["cmdline"]):
         try:
             if any(temp_dir in part for part in p.info["cmdline"] or []):
-                p.kill()
+                procs |= {q.pid: q for q in [p, *p.children(recursive=True)]}
         except psutil.Error:
             pass
+    for p in procs.values():
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(list(procs.values()), timeout=10)
 
 
 def _kdsweep(env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -75,3 +86,45 @@ def test_token_auth_cluster_from_ray_start_runs_the_sweep_on_both_nodes(tmp_path
     df = read_results(tmp_path / "two" / "results")
     assert len(df) == 1 + 1 + 2 + 2 and (df.status == "ok").all()
     assert df.node_id.nunique() == 2 and set(df.node_ip) == {HEAD, NODE}  # trials ran on both nodes
+
+
+def _submit(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
+    """`ray job submit`, again while the head's job agent is still coming up ("No available agent")."""
+    for _ in range(12):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent" not in done.stdout + done.stderr:
+            break
+        time.sleep(5)
+    return done
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_the_sweep_and_a_resubmission_trains_nothing(tmp_path):
+    pytest.importorskip("aiohttp", reason="`ray job submit` needs Ray's dashboard: pip install -e '.[cluster]'")
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    auth = plain | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # the head and the client
+    temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")
+    dashboard = f"http://{HEAD}:{_free_port()}"
+    submit = [RAY, "job", "submit", "--address", dashboard, "--working-dir", str(ROOT),
+              # the repository travels as the job's working directory, without environments and experiments
+              "--runtime-env-json", '{"excludes": [".venv", ".ci-venv", ".git", ".device", "runs"]}', "--",
+              sys.executable, "-m", "kdsweep", "run", "configs/smoke.yaml", "--storage", str(tmp_path), "--name", "job",
+              *sum([["--set", o] for o in [*TINY, "kd.temperature=[4]"]], [])]
+    try:
+        subprocess.run([RAY, "start", "--head", "--node-ip-address", HEAD, "--port", str(_free_port()), "--num-cpus",
+                        "2", "--num-gpus", "1", "--temp-dir", temp_dir, "--disable-usage-stats", "--dashboard-host",
+                        HEAD, "--dashboard-port", dashboard.rsplit(":", 1)[1]],
+                       env=auth, check=True, capture_output=True, timeout=120)
+        first = _submit(submit, auth)
+        assert first.returncode == 0 and "succeeded" in first.stdout + first.stderr, first.stdout[-3000:]
+        results = tmp_path / "job" / "results"
+        mtimes = {f.name: f.stat().st_mtime_ns for f in results.glob("*.parquet")}
+        again = _submit(submit, auth)
+        assert again.returncode == 0 and "succeeded" in again.stdout + again.stderr, again.stdout[-3000:]
+    finally:
+        _stop(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    df = read_results(results)
+    assert len(df) == 4 and (df.status == "ok").all() and (df.train_runs == 1).all()
+    assert {f.name: f.stat().st_mtime_ns for f in results.glob("*.parquet")} == mtimes  # the resubmission trained nothing
+    assert "[sweep] training" not in again.stdout
