@@ -1,8 +1,10 @@
 """Where an experiment keeps its files (torch-free: `kdsweep status` and the driver read them without a model)."""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import storage
 from .config import Config, config_hash, logits_settings
@@ -54,3 +56,12 @@ class Paths:
     def teacher_logits(self, cfg: Config, seed: int) -> str:
         h = config_hash(logits_settings(cfg, seed))
         return storage.join(self.root, "artifacts", f"teacher_logits-s{seed}-{h[:10]}.pt")
+
+
+def read_record(path: str | Path) -> dict | None:
+    """A JSON file of the experiment (a variant's trained record, a trial's heartbeat), or None if absent or
+    unreadable (a missing or damaged record: the variant is retrained)."""
+    try:
+        return json.loads(storage.read_text(path))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -22,7 +21,7 @@ from .data import Dataset, ViewSpec, make_views
 from .engine import DivergedError, TrainSpec, recalibrate_bn, teacher_logits, train
 from .measure import accuracy, count_macs, device_label, model_size, predict
 from .models import build_model, set_bn_momentum
-from .paths import Paths  # noqa: F401 - where it lived before paths.py; callers import it from here too
+from .paths import Paths, read_record  # noqa: F401 - where they lived before paths.py; callers import them from here
 from .plan import STRUCTURED, Variant, teacher_of, variant_config
 from .pruning import apply_pruning, make_permanent, sparsity_report
 
@@ -67,14 +66,6 @@ def runtime_rows(cfg: Config, v: Variant, devices: list[str]) -> list[tuple[str,
                 continue
             out.append((rt, dev))
     return out
-
-
-def read_record(path: str | Path) -> dict | None:
-    """The trained record of a variant, or None if absent or unreadable (then the variant is retrained)."""
-    try:
-        return json.loads(storage.read_text(path))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
 
 
 def _write_record(path: str, record: dict) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from . import storage
 from .analysis.load import load_experiment
 from .config import ConfigError, load_config
-from .paths import Paths
+from .paths import Paths, read_record
 from .plan import Variant, planned_epochs
 
 HEARTBEAT_S = 30.0  # a training trial rewrites its trial.json this often
@@ -105,13 +105,6 @@ def _alive(trial: dict) -> bool:
         return True
 
 
-def _json(path: str) -> dict | None:
-    try:
-        return json.loads(storage.read_text(path))
-    except (OSError, ValueError):
-        return None
-
-
 def experiment_status(experiment: str, now: float | None = None) -> Status:
     """The state of every planned variant of `experiment` (a folder or URI), the best accuracy so far and an ETA."""
     now = time.time() if now is None else now
@@ -137,9 +130,9 @@ def experiment_status(experiment: str, now: float | None = None) -> Status:
         rec = by_key.get(v.key)
         if rec is not None:
             st.state = "ok" if rec["ok"] else str(rec["status"])
-        elif (rec := _json(paths.record(v))) is not None:
+        elif (rec := read_record(paths.record(v))) is not None:
             st.state = "trained" if rec.get("status") == "ok" else "failed"
-        elif (t := _json(paths.trial(v))) is not None:
+        elif (t := read_record(paths.trial(v))) is not None:
             beat = float(t.get("beat", t.get("start", 0)))
             st.state = "running" if now - beat < STALE_S and _alive(t) else "interrupted"
             st.epoch, st.node = int(t.get("epoch", 0)), str(t.get("node", ""))

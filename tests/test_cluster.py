@@ -53,6 +53,17 @@ def _stop(temp_dir: str) -> None:
     psutil.wait_procs(list(procs.values()), timeout=10)
 
 
+def _auth_env() -> tuple[dict, dict]:
+    """(this environment without Ray auth settings, the same with token auth and one fresh token)."""
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    return plain, plain | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+
+
+def _ray_start(env: dict, temp_dir: str, *args: str, cpus: int = 1) -> None:
+    subprocess.run([RAY, "start", *args, "--num-cpus", str(cpus), "--num-gpus", "1", "--temp-dir", temp_dir,
+                    "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=120)
+
+
 def _kdsweep(env: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kdsweep", *args], env=env, capture_output=True, text=True,
                           timeout=600)
@@ -60,17 +71,13 @@ def _kdsweep(env: dict, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_token_auth_cluster_from_ray_start_runs_the_sweep_on_both_nodes(tmp_path):
-    token = secrets.token_hex(32)
-    plain = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    auth = plain | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}  # every node and the driver: the same token
+    plain, auth = _auth_env()  # every node and the driver: the same token
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live under it
     address = f"{HEAD}:{_free_port()}"
     try:
-        for cmd in ([RAY, "start", "--head", "--node-ip-address", HEAD, "--port", address.split(":")[1],
-                     "--include-dashboard=false"],
-                    [RAY, "start", "--address", address, "--node-ip-address", NODE]):
-            subprocess.run(cmd + ["--num-cpus", "1", "--num-gpus", "1", "--temp-dir", temp_dir, "--disable-usage-stats"],
-                           env=auth, check=True, capture_output=True, timeout=120)
+        _ray_start(auth, temp_dir, "--head", "--node-ip-address", HEAD, "--port", address.split(":")[1],
+                   "--include-dashboard=false")
+        _ray_start(auth, temp_dir, "--address", address, "--node-ip-address", NODE)
         # a driver without the token: one line naming what to set, exit 2, nothing written (Ray's retries cut short)
         refused = _kdsweep(plain | {"RAY_NUM_REDIS_GET_RETRIES": "2"}, "run", SMOKE, "--storage", str(tmp_path),
                            "--name", "refused", "--address", address)
@@ -101,8 +108,7 @@ def _submit(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_ray_job_submit_runs_the_sweep_and_a_resubmission_trains_nothing(tmp_path):
     pytest.importorskip("aiohttp", reason="`ray job submit` needs Ray's dashboard: pip install -e '.[cluster]'")
-    plain = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    auth = plain | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # the head and the client
+    _, auth = _auth_env()  # the head and the submitting client
     temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")
     dashboard = f"http://{HEAD}:{_free_port()}"
     submit = [RAY, "job", "submit", "--address", dashboard, "--working-dir", str(ROOT),
@@ -111,10 +117,8 @@ def test_ray_job_submit_runs_the_sweep_and_a_resubmission_trains_nothing(tmp_pat
               sys.executable, "-m", "kdsweep", "run", "configs/smoke.yaml", "--storage", str(tmp_path), "--name", "job",
               *sum([["--set", o] for o in [*TINY, "kd.temperature=[4]"]], [])]
     try:
-        subprocess.run([RAY, "start", "--head", "--node-ip-address", HEAD, "--port", str(_free_port()), "--num-cpus",
-                        "2", "--num-gpus", "1", "--temp-dir", temp_dir, "--disable-usage-stats", "--dashboard-host",
-                        HEAD, "--dashboard-port", dashboard.rsplit(":", 1)[1]],
-                       env=auth, check=True, capture_output=True, timeout=120)
+        _ray_start(auth, temp_dir, "--head", "--node-ip-address", HEAD, "--port", str(_free_port()),
+                   "--dashboard-host", HEAD, "--dashboard-port", dashboard.rsplit(":", 1)[1], cpus=2)
         first = _submit(submit, auth)
         assert first.returncode == 0 and "succeeded" in first.stdout + first.stderr, first.stdout[-3000:]
         results = tmp_path / "job" / "results"

@@ -150,6 +150,7 @@ def test_quarter_gpu_trials_share_one_physical_gpu(tmp_path):
         pytest.skip(NO_GPU if not ON_CPU else "packing on a physical GPU cannot be checked on CPU")
     import kdsweep
     from kdsweep.results import read_results
+    from kdsweep.status import most_at_once
 
     over = ["teacher.epochs=1", "student.epochs=3", "prune.recovery_epochs=1", "prune.amount=[0.3]",
             "kd.temperature=[2,4]", "kd.alpha=[0.5,0.7,0.9]", "measure.runtimes=[torch]", "data.train_limit=1024",
@@ -161,9 +162,5 @@ def test_quarter_gpu_trials_share_one_physical_gpu(tmp_path):
     kd = df[df.stage.isin(["student", "pruned"])]
     assert kd.gpu_ids.nunique() == 1  # one physical GPU, 0.25 each
     # at some moment 4 trials were running at once on it
-    events = sorted([(t, 1) for t in kd.trial_start] + [(t, -1) for t in kd.trial_end], key=lambda e: (e[0], e[1]))
-    running, most = 0, 0
-    for _, step in events:
-        running += step
-        most = max(most, running)
+    most = most_at_once(list(zip(kd.trial_start, kd.trial_end)))
     assert most >= 4, f"at most {most} trials overlapped"
