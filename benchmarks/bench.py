@@ -471,7 +471,7 @@ def bench_packing(size: int, batch: int, subset: int, window: float, dataset_n: 
         logits, threads as kdsweep sets them (max(1, int(cpus_per_trial))). Zero logical resources so that every
         packing level's trials can stay alive (warm) while another level runs; only one level trains at a time."""
 
-        def __init__(self, shared: list, threads: int, device: str, size: int, batch: int, subset: int):
+        def __init__(self, shared: list, device: str, size: int, batch: int, subset: int):
             import psutil
             import torch
 
@@ -480,7 +480,6 @@ def bench_packing(size: int, batch: int, subset: int, window: float, dataset_n: 
             from kdsweep.models import build_model
             from kdsweep.trainables import dataset_from_arrays
 
-            torch.set_num_threads(threads)
             self.proc = psutil.Process()
             full = dataset_from_arrays(ray.get(shared[0]))
             self.full = full
@@ -497,11 +496,12 @@ def bench_packing(size: int, batch: int, subset: int, window: float, dataset_n: 
             self.per_epoch = percell.epoch_images(subset, batch)
             self.copy = None
 
-        def run(self, seconds: float, start_at: float) -> dict:
+        def run(self, seconds: float, start_at: float, threads: int) -> dict:
             import torch
 
             from kdsweep.engine import train
 
+            torch.set_num_threads(threads)
             while time.time() < start_at:
                 time.sleep(0.002)
             t0 = time.perf_counter()
@@ -538,28 +538,29 @@ def bench_packing(size: int, batch: int, subset: int, window: float, dataset_n: 
     count = lambda k: 1 if k == "1t1" else k  # noqa: E731
     if gpu:
         levels.pop("1t1")
-    log(f"packing: starting {sum(map(count, levels))} warm trial processes")
-    # on a GPU each actor holds a share of it, as a Tune trial does (Ray then sets CUDA_VISIBLE_DEVICES; with
-    # RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1 it hides the GPUs from an actor that asks for none); 7 x 0.1 keeps every
-    # level's actors alive at once, and only one level trains at a time
+    n_actors = max(map(count, levels))
+    log(f"packing: starting {n_actors} warm trial processes")
+    # one pool of warm trial processes: level k trains on the first k of them, with its torch threads, while the others
+    # idle (as a Tune pool with reuse_actors does); only one level trains at a time. On a GPU each actor holds a share
+    # of it, as a Tune trial does (Ray then sets CUDA_VISIBLE_DEVICES; with RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1 it
+    # hides the GPUs from an actor that asks for none)
     opts = {"num_gpus": 0.1} if gpu else {}
-    actors = {k: [Trial.options(**opts).remote(shared, levels[k], dev, size, batch, subset) for _ in range(count(k))]
-              for k in levels}
-    ray.get([a.memory.remote() for acts in actors.values() for a in acts])
-    for acts in actors.values():  # warm-up, one level at a time
-        ray.get([a.run.remote(0.5, time.time() + 0.2) for a in acts])
+    pool = [Trial.options(**opts).remote(shared, dev, size, batch, subset) for _ in range(n_actors)]
+    actors = {k: pool[:count(k)] for k in levels}
+    ray.get([a.memory.remote() for a in pool])
+    for k, acts in actors.items():  # warm-up, one level at a time
+        ray.get([a.run.remote(0.5, time.time() + 0.2, levels[k]) for a in acts])
     agg = {k: [] for k in levels}
     per_trial = {k: [] for k in levels}
     for _ in range(repeats):
         for k, acts in actors.items():
-            res = ray.get([a.run.remote(window, time.time() + 0.3) for a in acts])
+            res = ray.get([a.run.remote(window, time.time() + 0.3, levels[k]) for a in acts])
             agg[k].append(sum(r["images"] / r["seconds"] for r in res))
             per_trial[k].append([r["images"] / r["seconds"] for r in res])
     mem = {k: ray.get([a.memory.remote() for a in acts]) for k, acts in actors.items()}
     control = ray.get(actors[1][0].private_copy.remote())
-    for acts in actors.values():
-        for a in acts:
-            ray.kill(a)
+    for a in pool:
+        ray.kill(a)
     del shared
     one, two, four = med(agg[1]), med(agg[2]), med(agg[4])
     resources = "gpus_per_trial 1, 0.5, 0.25" if gpu else "cpus_per_trial 2, 1, 0.5 on 2 cores"
@@ -572,7 +573,8 @@ def bench_packing(size: int, batch: int, subset: int, window: float, dataset_n: 
               "share": per_device,
               "workload": f"MobileNetV3-Small KD from cached logits, {size} px, batch {batch}, {subset} images/epoch, "
                           f"{window:g} s window per level after a common start time",
-              "trials": "Ray actors kept warm per level (Tune trials are function actors too); one level at a time",
+              "trials": "one pool of warm Ray actors (Tune trials are function actors too); level k trains on k of "
+                        "them, one level at a time",
               "repeats": repeats, "order": "1, 2, 4 trials (then 1 trial with 1 thread on CPU), repeated",
               "peak_rss_mb_per_trial": {str(k): [round(x["peak_rss_mb"], 1) for x in v] for k, v in mem.items()}}
     share = {"dataset_mb": round(mem[1][0]["dataset_mb"], 1),
