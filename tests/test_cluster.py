@@ -1,5 +1,6 @@
 """kdsweep on Ray clusters started the way users start them (`ray start`), with the token authentication Ray now
-defaults to: a sweep over two nodes through `--address`, and one submitted as a Ray job. Loopback only."""
+defaults to: a sweep over two nodes through `--address`, grown by a Ray job. One cluster for the module; loopback
+only."""
 from __future__ import annotations
 
 import os
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -59,8 +61,8 @@ def _auth_env() -> tuple[dict, dict]:
     return plain, plain | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
-def _ray_start(env: dict, temp_dir: str, *args: str, cpus: int = 1) -> None:
-    subprocess.run([RAY, "start", *args, "--num-cpus", str(cpus), "--num-gpus", "1", "--temp-dir", temp_dir,
+def _ray_start(env: dict, temp_dir: str, *args: str) -> None:
+    subprocess.run([RAY, "start", *args, "--num-cpus", "1", "--num-gpus", "1", "--temp-dir", temp_dir,
                     "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=120)
 
 
@@ -69,28 +71,42 @@ def _kdsweep(env: dict, *args: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
-@pytest.mark.slow
-def test_token_auth_cluster_from_ray_start_runs_the_sweep_on_both_nodes(tmp_path):
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A two-node cluster as users start one: `ray start` with one token on every node, the head (127.0.0.2) with
+    its dashboard for `ray job submit`, a worker node (127.0.0.3), and the `--address` sweep "two" run on it once.
+    Each node has its own temp dir, as on separate machines: on a shared one, the worker node's runtime-env agent
+    deleted a job's working dir, the job driver's cwd, while the driver still ran in it."""
     plain, auth = _auth_env()  # every node and the driver: the same token
-    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live under it
-    address = f"{HEAD}:{_free_port()}"
+    temps = [tempfile.mkdtemp(prefix=p, dir="/tmp") for p in ("rh", "rn")]  # short: Ray's socket paths live under them
+    port, dashboard_port = _free_port(), _free_port()
+    address = f"{HEAD}:{port}"
+    store = tmp_path_factory.mktemp("cluster")
     try:
-        _ray_start(auth, temp_dir, "--head", "--node-ip-address", HEAD, "--port", address.split(":")[1],
-                   "--include-dashboard=false")
-        _ray_start(auth, temp_dir, "--address", address, "--node-ip-address", NODE)
-        # a driver without the token: one line naming what to set, exit 2, nothing written (Ray's retries cut short)
-        refused = _kdsweep(plain | {"RAY_NUM_REDIS_GET_RETRIES": "2"}, "run", SMOKE, "--storage", str(tmp_path),
-                           "--name", "refused", "--address", address)
-        assert refused.returncode == 2, refused.stderr[-2000:]
-        assert refused.stderr.count("\n") == 1 and "refused this driver's token" in refused.stderr
-        assert "RAY_AUTH_TOKEN" in refused.stderr and not (tmp_path / "refused").exists()
-        ok = _kdsweep(auth, "run", SMOKE, "--storage", str(tmp_path), "--name", "two", "--address", address,
-                      *sum([["--set", o] for o in TINY], []))
-        assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+        _ray_start(auth, temps[0], "--head", "--node-ip-address", HEAD, "--port", str(port), "--dashboard-host", HEAD,
+                   "--dashboard-port", str(dashboard_port))
+        _ray_start(auth, temps[1], "--address", address, "--node-ip-address", NODE)
+        two = _kdsweep(auth, "run", SMOKE, "--storage", str(store), "--name", "two", "--address", address,
+                       *sum([["--set", o] for o in TINY], []))
+        yield SimpleNamespace(plain=plain, auth=auth, address=address, dashboard=f"http://{HEAD}:{dashboard_port}",
+                              store=store, two=two)
     finally:
-        _stop(temp_dir)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-    df = read_results(tmp_path / "two" / "results")
+        for t in temps:
+            _stop(t)
+            shutil.rmtree(t, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_token_auth_cluster_from_ray_start_runs_the_sweep_on_both_nodes(cluster):
+    # a driver without the token: one line naming what to set, exit 2, nothing written (Ray's retries cut short)
+    refused = _kdsweep(cluster.plain | {"RAY_NUM_REDIS_GET_RETRIES": "2"}, "run", SMOKE, "--storage",
+                       str(cluster.store), "--name", "refused", "--address", cluster.address)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert refused.stderr.count("\n") == 1 and "refused this driver's token" in refused.stderr
+    assert "RAY_AUTH_TOKEN" in refused.stderr and not (cluster.store / "refused").exists()
+    ok = cluster.two
+    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+    df = read_results(cluster.store / "two" / "results")
     assert len(df) == 1 + 1 + 2 + 2 and (df.status == "ok").all()
     assert df.node_id.nunique() == 2 and set(df.node_ip) == {HEAD, NODE}  # trials ran on both nodes
 
@@ -106,29 +122,25 @@ def _submit(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_ray_job_submit_runs_the_sweep_and_a_resubmission_trains_nothing(tmp_path):
+def test_ray_job_submit_grows_the_sweep_and_a_resubmission_trains_nothing(cluster):
     pytest.importorskip("aiohttp", reason="`ray job submit` needs Ray's dashboard: pip install -e '.[cluster]'")
-    _, auth = _auth_env()  # the head and the submitting client
-    temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")
-    dashboard = f"http://{HEAD}:{_free_port()}"
-    submit = [RAY, "job", "submit", "--address", dashboard, "--working-dir", str(ROOT),
+    assert cluster.two.returncode == 0, cluster.two.stdout[-2000:] + cluster.two.stderr[-2000:]
+    results = cluster.store / "two" / "results"
+    before = read_results(results).set_index("key")
+    # the job adds alpha 0.5 to the experiment the --address driver made: only the new variants train
+    submit = [RAY, "job", "submit", "--address", cluster.dashboard, "--working-dir", str(ROOT),
               # the repository travels as the job's working directory, without environments and experiments
               "--runtime-env-json", '{"excludes": [".venv", ".ci-venv", ".git", ".device", "runs"]}', "--",
-              sys.executable, "-m", "kdsweep", "run", "configs/smoke.yaml", "--storage", str(tmp_path), "--name", "job",
-              *sum([["--set", o] for o in [*TINY, "kd.temperature=[4]"]], [])]
-    try:
-        _ray_start(auth, temp_dir, "--head", "--node-ip-address", HEAD, "--port", str(_free_port()),
-                   "--dashboard-host", HEAD, "--dashboard-port", dashboard.rsplit(":", 1)[1], cpus=2)
-        first = _submit(submit, auth)
-        assert first.returncode == 0 and "succeeded" in first.stdout + first.stderr, first.stdout[-3000:]
-        results = tmp_path / "job" / "results"
-        mtimes = {f.name: f.stat().st_mtime_ns for f in results.glob("*.parquet")}
-        again = _submit(submit, auth)
-        assert again.returncode == 0 and "succeeded" in again.stdout + again.stderr, again.stdout[-3000:]
-    finally:
-        _stop(temp_dir)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-    df = read_results(results)
-    assert len(df) == 4 and (df.status == "ok").all() and (df.train_runs == 1).all()
+              sys.executable, "-m", "kdsweep", "run", "configs/smoke.yaml", "--storage", str(cluster.store),
+              "--name", "two", *sum([["--set", o] for o in [*TINY, "kd.alpha=[0.5,0.9]"]], [])]
+    first = _submit(submit, cluster.auth)
+    assert first.returncode == 0 and "succeeded" in first.stdout + first.stderr, first.stdout[-3000:]
+    assert "[sweep] training 4 variant(s): student 2, pruned 2;" in first.stdout
+    mtimes = {f.name: f.stat().st_mtime_ns for f in results.glob("*.parquet")}
+    again = _submit(submit, cluster.auth)
+    assert again.returncode == 0 and "succeeded" in again.stdout + again.stderr, again.stdout[-3000:]
+    df = read_results(results).set_index("key")
+    assert len(df) == 10 and (df.status == "ok").all() and (df.train_runs == 1).all()
+    assert (df.loc[before.index, "trial_end"] == before.trial_end).all()  # the --address run's variants: not retrained
     assert {f.name: f.stat().st_mtime_ns for f in results.glob("*.parquet")} == mtimes  # the resubmission trained nothing
     assert "[sweep] training" not in again.stdout
