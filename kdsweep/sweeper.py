@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -148,14 +149,31 @@ def _stderr_to(file: "IO[bytes]") -> Iterator[None]:
         os.close(saved)
 
 
-def _connect(address: str, kw: dict) -> None:
+def _listening(address: str, timeout: float = 5.0) -> bool:
+    """Whether anything accepts a TCP connection at a HOST:PORT address (`ray://` ones too); True for other forms."""
+    host, sep, port = address.split("://")[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        return True  # "auto" and the like: Ray resolves those itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _connect(address: str, kw: dict, key: str = "--address") -> None:
     """`ray.init(address=...)` whose failures are one line (ConfigError): a cluster that refuses this driver's token,
-    or none at the address. Ray itself retries for ~20 s, printing a gRPC warning a second; those stay off the
-    terminal (shown if the connection succeeds, or fails some other way)."""
+    or none at the address. Ray itself retries, printing a gRPC warning a second; those stay off the terminal (shown
+    if the connection succeeds, or fails some other way). With nothing listening at the address at all Ray waited
+    more than 5 minutes; a TCP probe answers that case at once."""
     import tempfile
 
     import ray
 
+    no_cluster = ConfigError(f"{key} {address}: no Ray cluster answered there (start one with `ray start "
+                             "--head`, or leave --address and RAY_ADDRESS unset to run locally)")
+    if not _listening(address):
+        raise no_cluster
     with tempfile.TemporaryFile() as log:
         try:
             with _stderr_to(log):
@@ -164,11 +182,10 @@ def _connect(address: str, kw: dict) -> None:
             why = f"{exc} {exc.__cause__ or ''}"
             if "InvalidAuthToken" in why or "AuthenticationError" in why:
                 raise ConfigError(
-                    f"--address {address}: the Ray cluster refused this driver's token: set RAY_AUTH_MODE=token and "
+                    f"{key} {address}: the Ray cluster refused this driver's token: set RAY_AUTH_MODE=token and "
                     "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token, as on every node "
                     "(`ray get-auth-token` on the head prints it)") from None
-            raise ConfigError(f"--address {address}: no Ray cluster answered there (start one with `ray start "
-                              "--head`, or leave --address and RAY_ADDRESS unset to run locally)") from None
+            raise no_cluster from None
         except BaseException:
             log.seek(0)
             sys.stderr.write(log.read().decode(errors="replace"))
@@ -184,12 +201,13 @@ def _init_ray(address: str | None, echo: Echo) -> bool:
     if ray.is_initialized():
         return False
     kw = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    key = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         host = address.split("://")[-1].rsplit(":", 1)[0]
         if host.startswith("127."):
             kw["_node_ip_address"] = host  # Ray would otherwise swap loopback for the routable address
-        _connect(address, kw)
+        _connect(address, kw, key)
     else:
         # stay on loopback: a local sweep has no reason to open Ray's unauthenticated ports to the network
         ray.init(_node_ip_address=os.environ.get("KDSWEEP_NODE_IP", LOCAL_NODE_IP), **kw)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pandas as pd
 import pytest
@@ -127,6 +128,23 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(args, needle, capsys
     assert main(["run", SMOKE, "--storage", str(tmp_path / "runs"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("how", ["--address", "RAY_ADDRESS"])
+def test_no_cluster_at_the_address_exits_2_at_once_and_writes_nothing(how, tmp_path, capsys, monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was asked, and would have retried for minutes"))
+    with socket.socket() as s:  # a port on which nothing listens
+        s.bind(("127.0.0.2", 0))
+        address = f"127.0.0.2:{s.getsockname()[1]}"
+    args = ["--address", address] if how == "--address" else []
+    if how == "RAY_ADDRESS":
+        monkeypatch.setenv("RAY_ADDRESS", address)
+    assert main(["run", SMOKE, "--storage", str(tmp_path / "runs"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{how} {address}: no Ray cluster answered there" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "runs").exists()
 
 
