@@ -136,6 +136,7 @@ def test_no_cluster_at_the_address_exits_2_at_once_and_writes_nothing(how, tmp_p
     import ray
 
     monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was asked, and would have retried for minutes"))
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as a new driver: a Ray left by another test is reused
     with socket.socket() as s:  # a port on which nothing listens
         s.bind(("127.0.0.2", 0))
         address = f"127.0.0.2:{s.getsockname()[1]}"
