@@ -141,11 +141,14 @@ def test_ablation_sweep_trains_each_variant_once_and_resumes(tmp_path):
 @pytest.mark.slow
 def test_swept_student_augment_cached_logits_match_online_first_epoch_loss(tmp_path):
     """Per swept student augmentation (RandAugment, Mixup), a KD student's first-epoch loss from the cached teacher
-    logits equals the one with the teacher run online on the same views (fp16 tolerance): the cache stays exact."""
+    logits equals the one with the teacher run online on the same views (fp16 tolerance), and the cached logits are
+    the teacher's on the first batch of every cached epoch's views: the cache stays exact."""
     import torch
 
-    from kdsweep.data import load_dataset
-    from kdsweep.stages import ensure_teacher_logits, train_variant
+    from kdsweep.checkpoint import load_checkpoint
+    from kdsweep.data import augment_params, load_dataset, train_batches, train_views
+    from kdsweep.models import build_model
+    from kdsweep.stages import ensure_teacher_logits, train_variant, view_of
 
     overrides = TINY + ["sweep.student.arch=[mobilenet_v3_small]",
                         "sweep.student.augment=[[crop,randaugment],[crop,mixup]]"]
@@ -159,7 +162,19 @@ def test_swept_student_augment_cached_logits_match_online_first_epoch_loss(tmp_p
         train_variant(cfg, teacher, paths, data, torch.device("cpu"), by_key)
         for v in plan.stage("student"):
             if mode == "cached":
-                ensure_teacher_logits(cfg, v.seed, paths, data, torch.device("cpu"), teacher, v)
+                cache = load_checkpoint(ensure_teacher_logits(cfg, v.seed, paths, data, torch.device("cpu"), teacher,
+                                                              v)).float()
+                # the cache holds what the teacher says on the very views the student sees: the loss at initialisation
+                # barely depends on the targets, so compare the logits themselves, batch by batch as training makes them
+                net = build_model(cfg.teacher.arch, data.num_classes, str(paths.model(teacher)), key="teacher").eval()
+                view, n = view_of(cfg, v), len(data.train_y)
+                for e in range(cache.shape[0]):
+                    idx = train_batches(n, cfg.student.batch_size, v.seed, e)[0]
+                    with torch.no_grad():
+                        online = net(train_views(data.train_x, idx, view, augment_params(v.seed, e, n, view),
+                                                 torch.device("cpu")).x)
+                    assert (cache[e, idx] - online).abs().max() <= 1e-2 * online.abs().max()  # fp16 storage
+                    assert (cache[e, idx.roll(1)] - online).abs().max() > 0.1 * online.abs().max()  # and it can fail
             rec = train_variant(cfg, v, paths, data, torch.device("cpu"), by_key)
             assert rec["status"] == "ok"
             assert (rec["teacher_logits"] == "online") == (mode == "online")
