@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,7 +18,7 @@ import pytest
 
 from kdsweep.results import read_results
 
-from .conftest import SMOKE
+from .conftest import SMOKE, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.train_limit=256", "data.test_limit=64", "teacher.epochs=1", "student.epochs=2",
@@ -28,12 +27,6 @@ TINY = ["data.train_limit=256", "data.test_limit=64", "teacher.epochs=1", "stude
         "measure.runtimes=[torch]"]  # one row per variant; ONNX export and runtimes are tested elsewhere
 RAY = str(Path(sys.executable).with_name("ray"))
 HEAD, NODE = "127.0.0.2", "127.0.0.3"  # Ray swaps 127.0.0.1 for the routable address; other 127/8 ones stay
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HEAD, 0))
-        return s.getsockname()[1]
 
 
 def _stop(temp_dir: str) -> None:
@@ -79,7 +72,7 @@ def cluster(tmp_path_factory):
     deleted a job's working dir, the job driver's cwd, while the driver still ran in it."""
     plain, auth = _auth_env()  # every node and the driver: the same token
     temps = [tempfile.mkdtemp(prefix=p, dir="/tmp") for p in ("rh", "rn")]  # short: Ray's socket paths live under them
-    port, dashboard_port = _free_port(), _free_port()
+    port, dashboard_port = free_port(HEAD), free_port(HEAD)
     address = f"{HEAD}:{port}"
     store = tmp_path_factory.mktemp("cluster")
     try:

@@ -16,7 +16,7 @@ from kdsweep import storage
 from kdsweep.cli import main
 from kdsweep.results import read_results
 
-from .conftest import SMOKE
+from .conftest import SMOKE, free_port
 from .test_reliability import TINY, _descendants, _kill_all, _wait_for
 
 pytest.importorskip("moto.server")
@@ -26,16 +26,10 @@ BUCKET = "kdsweep-test"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_env():
     """A moto S3 server on 127.0.0.1 with one bucket; the AWS variables that reach it. Stopped afterwards."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
