@@ -149,13 +149,19 @@ def _stderr_to(file: "IO[bytes]") -> Iterator[None]:
         os.close(saved)
 
 
-def _listening(address: str, timeout: float = 5.0) -> bool:
-    """Whether anything accepts a TCP connection at a HOST:PORT address (`ray://` ones too); True for other forms."""
+def _host_port(address: str) -> tuple[str, int | None]:
+    """(host, port) of a Ray address, `ray://` ones too; port None for other forms ("auto")."""
     host, sep, port = address.split("://")[-1].rpartition(":")
-    if not sep or not port.isdigit():
+    return (host.strip("[]"), int(port)) if sep and port.isdigit() else (address.split("://")[-1], None)
+
+
+def _listening(address: str, timeout: float = 5.0) -> bool:
+    """Whether anything accepts a TCP connection at a HOST:PORT address; True for other forms."""
+    host, port = _host_port(address)
+    if port is None:
         return True  # "auto" and the like: Ray resolves those itself
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        socket.create_connection((host, port), timeout=timeout).close()
         return True
     except OSError:
         return False
@@ -204,8 +210,7 @@ def _init_ray(address: str | None, echo: Echo) -> bool:
     key = "--address" if address else "RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        host = address.split("://")[-1].rsplit(":", 1)[0]
-        if host.startswith("127."):
+        if (host := _host_port(address)[0]).startswith("127."):
             kw["_node_ip_address"] = host  # Ray would otherwise swap loopback for the routable address
         _connect(address, kw, key)
     else:
