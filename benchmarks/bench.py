@@ -41,7 +41,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # what kdsweep run sets too: Tune's console tables off, for both arms
 
-import percell  # noqa: E402
+import percell  # noqa: E402 - importable once sys.path holds benchmarks/
 
 # --quick: the smoke grid (3x3x3 on digits @32) with data and epochs shrunk so that 3 alternations fit in minutes.
 # The 3x3x3 grid does not fit: the per-cell grid alone starts 27 fresh trial processes per run (9 runs in all), so
@@ -127,11 +127,11 @@ class TreeSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def __enter__(self) -> "TreeSampler":
+    def __enter__(self) -> TreeSampler:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:  # noqa: ANN002
+    def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
 
@@ -160,7 +160,7 @@ class TreeSampler:
             self.samples += 1
 
     def summary(self) -> dict:
-        mb = lambda b: round(b / 1e6, 1)  # noqa: E731
+        mb = lambda b: round(b / 1e6, 1)
         return {"driver_peak_rss_mb": mb(self.driver), "trial_peak_rss_mb": mb(self.worker),
                 "trial_peak_title": self.worker_title, "tree_peak_rss_mb": mb(self.tree), "samples": self.samples}
 
@@ -194,7 +194,7 @@ def wave_breakdown(lines: list[tuple[float, str]], wall: float) -> dict:
     return out
 
 
-def run_ours(cfg, storage: Path) -> dict:  # noqa: ANN001
+def run_ours(cfg, storage: Path) -> dict:
     from kdsweep.sweeper import run as kd_run
 
     lines: list[tuple[float, str]] = []
@@ -204,7 +204,7 @@ def run_ours(cfg, storage: Path) -> dict:  # noqa: ANN001
     return {"wall_s": wall, "exp": exp, "waves": wave_breakdown(lines, wall)}
 
 
-def ours_rows_analysis(cfg, exp: Path, n_train: int) -> dict:  # noqa: ANN001
+def ours_rows_analysis(cfg, exp: Path, n_train: int) -> dict:
     """Image passes counted from kdsweep's result rows, and per-stage trial timing from trial_start/trial_end."""
     import torch
 
@@ -234,7 +234,7 @@ def ours_rows_analysis(cfg, exp: Path, n_train: int) -> dict:  # noqa: ANN001
             "cached_logit_views": logits, "stages": stages, "rows": len(df)}
 
 
-def percell_passes_from_rows(cfg, rows: list[dict], n_train: int, shared: bool) -> dict:  # noqa: ANN001
+def percell_passes_from_rows(cfg, rows: list[dict], n_train: int, shared: bool) -> dict:
     ti = percell.epoch_images(n_train, cfg.teacher.batch_size)
     si = percell.epoch_images(n_train, cfg.student.batch_size)
     teacher_epochs = sum(int(r["teacher_epochs"]) for r in rows) + (cfg.teacher.epochs if shared else 0)
@@ -243,7 +243,7 @@ def percell_passes_from_rows(cfg, rows: list[dict], n_train: int, shared: bool) 
             "student_train": sum(int(r["student_epochs"]) for r in rows) * si}
 
 
-def bench_sweep(cfg, storage_root: Path, repeats: int, keep: bool, m: dict) -> tuple[list[dict], dict]:  # noqa: ANN001
+def bench_sweep(cfg, storage_root: Path, repeats: int, keep: bool, m: dict) -> tuple[list[dict], dict]:
     import ray
 
     from kdsweep.data import load_dataset
@@ -312,14 +312,14 @@ def bench_sweep(cfg, storage_root: Path, repeats: int, keep: bool, m: dict) -> t
 
 # --- 2. cached vs online teacher logits -------------------------------------------------------------------------------
 
-def sync(device) -> None:  # noqa: ANN001
+def sync(device) -> None:
     import torch
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def bench_kd(size: int, n: int, batch: int, device, repeats: int, threads: int, m: dict) -> dict:  # noqa: ANN001
+def bench_kd(size: int, n: int, batch: int, device, repeats: int, threads: int, m: dict) -> dict:
     import torch
 
     from kdsweep.config import DataConfig
@@ -374,7 +374,7 @@ def bench_kd(size: int, n: int, batch: int, device, repeats: int, threads: int, 
 
 # --- 3. input pipeline ------------------------------------------------------------------------------------------------
 
-def bench_pipeline(n: int, batch: int, device, repeats: int, workers: int, threads: int, m: dict,  # noqa: ANN001
+def bench_pipeline(n: int, batch: int, device, repeats: int, workers: int, threads: int, m: dict,
                    kd224_cached_ips: float | None) -> dict:
     import numpy as np
     import torch
@@ -384,8 +384,15 @@ def bench_pipeline(n: int, batch: int, device, repeats: int, workers: int, threa
     from torchvision import transforms
 
     from kdsweep.config import DataConfig
-    from kdsweep.data import IMAGENET_MEAN, IMAGENET_STD, ViewSpec, augment_params, load_dataset, train_batches, \
-        train_views
+    from kdsweep.data import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        ViewSpec,
+        augment_params,
+        load_dataset,
+        train_batches,
+        train_views,
+    )
 
     torch.set_num_threads(threads)
     data = load_dataset(DataConfig(dataset="synthetic", train_limit=n, test_limit=8))
@@ -394,7 +401,7 @@ def bench_pipeline(n: int, batch: int, device, repeats: int, workers: int, threa
     class PILImages(TorchDataset):
         """torchvision.datasets.CIFAR10-style: HWC uint8 numpy in memory, a PIL image per item, then transforms."""
 
-        def __init__(self, x: torch.Tensor, y: torch.Tensor, transform):  # noqa: ANN001
+        def __init__(self, x: torch.Tensor, y: torch.Tensor, transform):
             self.data = np.ascontiguousarray(x.numpy().transpose(0, 2, 3, 1))
             self.targets = y.tolist()
             self.transform = transform
@@ -402,7 +409,7 @@ def bench_pipeline(n: int, batch: int, device, repeats: int, workers: int, threa
         def __len__(self) -> int:
             return len(self.targets)
 
-        def __getitem__(self, i: int):  # noqa: ANN204
+        def __getitem__(self, i: int):
             return self.transform(Image.fromarray(self.data[i])), self.targets[i]
 
     tf = transforms.Compose([transforms.Resize(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
@@ -442,8 +449,8 @@ def bench_pipeline(n: int, batch: int, device, repeats: int, workers: int, threa
     params = {"image_size": 224, "stored": "uint8 32 px (CIFAR-like, synthetic)", "n_images": n, "batch_size": batch,
               "reference": "Dataset (PIL per item) + Compose([Resize(224), RandomHorizontalFlip(), ToTensor(), "
                            "Normalize(imagenet)]) + DataLoader(shuffle=True)",
-              "ours": "kdsweep.data.train_views (what engine.train calls) on the uint8 training set kept on the device: gather, "
-                      "flip, /255, bilinear 32->224, normalise",
+              "ours": "kdsweep.data.train_views (what engine.train calls) on the uint8 training set kept on the "
+                      "device: gather, flip, /255, bilinear 32->224, normalise",
               "num_workers": workers, "torch_threads": threads, "repeats": repeats,
               "order": "reference, ours, repeated", "reference_images_per_s": spread(ips["reference"]),
               "ours_images_per_s": spread(ips["ours"])}
@@ -457,13 +464,13 @@ def bench_pipeline(n: int, batch: int, device, repeats: int, workers: int, threa
 
 # --- 4. packing and 6. dataset sharing ----------------------------------------------------------------------------
 
-def bench_packing(size: int, batch: int, subset: int, window: float, dataset_n: int, repeats: int, device,  # noqa: ANN001
+def bench_packing(size: int, batch: int, subset: int, window: float, dataset_n: int, repeats: int, device,
                   gpu: bool, m: dict) -> tuple[dict, dict]:
     import ray
 
     from kdsweep.config import DataConfig
     from kdsweep.data import load_dataset
-    from kdsweep.trainables import dataset_to_arrays
+    from kdsweep.dataset import to_arrays as dataset_to_arrays
 
     @ray.remote(num_cpus=0, num_gpus=0)
     class Trial:
@@ -475,10 +482,11 @@ def bench_packing(size: int, batch: int, subset: int, window: float, dataset_n: 
             import psutil
             import torch
 
-            from kdsweep.data import Dataset, ViewSpec
+            from kdsweep.data import ViewSpec
+            from kdsweep.dataset import Dataset
+            from kdsweep.dataset import from_arrays as dataset_from_arrays
             from kdsweep.engine import TrainSpec
             from kdsweep.models import build_model
-            from kdsweep.trainables import dataset_from_arrays
 
             self.proc = psutil.Process()
             full = dataset_from_arrays(ray.get(shared[0]))
@@ -535,7 +543,7 @@ def bench_packing(size: int, batch: int, subset: int, window: float, dataset_n: 
     # thread, a reference that separates the gain of packing from that of single-threaded trials
     levels = {1: (2 if not gpu else 1), 2: 1, 4: 1, "1t1": 1}
     per_device = {1: "1", 2: "1/2", 4: "1/4", "1t1": "1, 1 thread"}
-    count = lambda k: 1 if k == "1t1" else k  # noqa: E731
+    count = lambda k: 1 if k == "1t1" else k
     if gpu:
         levels.pop("1t1")
     n_actors = max(map(count, levels))
@@ -591,12 +599,12 @@ def bench_packing(size: int, batch: int, subset: int, window: float, dataset_n: 
 
 # --- 5. latency honesty -------------------------------------------------------------------------------------------
 
-def bench_latency(size: int, warmup: int, iters: int, repeats: int, device, threads: int, m: dict) -> dict:  # noqa: ANN001
+def bench_latency(size: int, warmup: int, iters: int, repeats: int, device, threads: int, m: dict) -> dict:
     import torch
 
-    from kdsweep.measure import latency
     from kdsweep.models import build_model
     from kdsweep.pruning import apply_pruning, make_permanent, sparsity_report
+    from kdsweep.runtimes import time_interleaved, torch_runner
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -609,11 +617,11 @@ def bench_latency(size: int, warmup: int, iters: int, repeats: int, device, thre
     p90 = {"dense": [], "pruned": []}
     for _ in range(repeats):
         for arm, model in (("dense", dense), ("pruned", pruned)):
-            lat = latency(model, size, device, warmup, iters)
+            lat = time_interleaved({arm: torch_runner(model, size, device)}, warmup, iters)[arm]
             runs[arm].append(lat.median_ms)
             p90[arm].append(lat.p90_ms)
     d, p = med(runs["dense"]), med(runs["pruned"])
-    rel = lambda xs: round((max(xs) - min(xs)) / med(xs), 4)  # noqa: E731
+    rel = lambda xs: round((max(xs) - min(xs)) / med(xs), 4)
     params = {"model": "mobilenet_v3_small, 10 classes", "pruning": "L1 unstructured, layer scope, 50 %, permanent",
               "conv_sparsity": round(sparsity, 4), "image_size": size, "batch": 1, "warmup": warmup, "iters": iters,
               "torch_threads": threads, "repeats": repeats, "order": "dense, pruned, repeated",
@@ -708,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
         if "sweep" in only:
             b = [x["trial_peak_rss_mb"] for x in sweep_mem["percell_full"]]
             o = [x["trial_peak_rss_mb"] for x in sweep_mem["ours"]]
-            both = lambda key: {arm: med([x[key] for x in sweep_mem[arm]]) for arm in ("percell_full", "ours")}  # noqa: E731
+            both = lambda key: {arm: med([x[key] for x in sweep_mem[arm]]) for arm in ("percell_full", "ours")}
             params = {"what": "peak RSS of one Ray worker (trial) process during the sweep comparison's runs, "
                               "sampled with psutil every 0.2 s over the driver's process tree",
                       "percell_full_runs": sweep_mem["percell_full"], "ours_runs": sweep_mem["ours"],

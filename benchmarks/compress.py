@@ -121,7 +121,8 @@ def machine() -> dict:
     out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
     model = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")),
                  platform.processor())
-    return {"cpu": model, "vnni": cpu_has_vnni(), "nchwc_block": nchwc_block(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+    return {"cpu": model, "vnni": cpu_has_vnni(), "nchwc_block": nchwc_block(), "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
             "python": platform.python_version()}
 
 
@@ -184,10 +185,11 @@ def measure_224(experiments: dict[str, Path], records: list[Record], warmup: int
     from kdsweep.config import load_config
     from kdsweep.data import ViewSpec, load_dataset, make_views
     from kdsweep.measure import count_macs
+    from kdsweep.paths import Paths
     from kdsweep.plan import make_plan
     from kdsweep.quantize import calibration_batches, int8_settings, quantize_int8
     from kdsweep.runtimes import ort_runner, ort_session, time_interleaved, torch_runner
-    from kdsweep.stages import Paths, load_model
+    from kdsweep.stages import load_model
 
     torch.set_num_threads(1)
     settings = int8_settings()
@@ -251,7 +253,8 @@ def export_224(model: nn.Module, check: torch.Tensor, rec: Record) -> bytes | No
     float32 summation order alone exceeds export_onnx's rtol 1e-3. Latency does not depend on the values, so such a
     model is checked again at rtol 1e-2 (recorded) rather than left out of the timing.
     """
-    from kdsweep.export import ExportError, export_onnx
+    from kdsweep.errors import ExportError
+    from kdsweep.export import export_onnx
 
     first = None
     for rtol in (RTOL_224[0], RTOL_224[1]):

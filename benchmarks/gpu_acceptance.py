@@ -46,8 +46,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
-import bench  # noqa: E402
-import percell  # noqa: E402
+import bench  # noqa: E402 - importable once sys.path holds benchmarks/
+import percell  # noqa: E402 - importable once sys.path holds benchmarks/
 
 FULL_TRAIN = 50_000  # CIFAR-10's labelled training set
 GOALS = {
@@ -65,10 +65,12 @@ SMOKE_OVERRIDES = ["data.image_size=32", "teacher.epochs=1", "student.epochs=1",
                    "measure.iters=3", "measure.runtimes=[torch]", "resources.gpus_per_trial=0"]
 SIZES = {  # per mode: training images of the two seed-grid runs and the micro-benchmarks' sizes
     "gpu": dict(n1=512, n2=3072, kd_n=2048, kd_batch=128, pipe_n=8192, pipe_batch=128, pipe_workers=8,
-                lat_warmup=20, lat_iters=200, lat_archs=("mobilenet_v3_small", "resnet18"), pack_size=224, pack_batch=128, pack_subset=1024, pack_window=2.0,
+                lat_warmup=20, lat_iters=200, lat_archs=("mobilenet_v3_small", "resnet18"), pack_size=224,
+                pack_batch=128, pack_subset=1024, pack_window=2.0,
                 repeats=3, tests_timeout=180),
     "smoke": dict(n1=48, n2=96, kd_n=32, kd_batch=16, pipe_n=64, pipe_batch=16, pipe_workers=0, lat_warmup=1,
-                  lat_iters=3, lat_archs=("mobilenet_v3_small",), pack_size=32, pack_batch=16, pack_subset=32, pack_window=0.2, repeats=1,
+                  lat_iters=3, lat_archs=("mobilenet_v3_small",), pack_size=32, pack_batch=16, pack_subset=32,
+                  pack_window=0.2, repeats=1,
                   tests_timeout=300),
 }
 # seconds a section is expected to need at most on the GPU: an optional section starts only if this much is left
@@ -146,7 +148,7 @@ def grid_overrides(n: int, smoke: bool) -> list[str]:
     return over + (SMOKE_OVERRIDES if smoke else [])
 
 
-def grid_config(n: int, smoke: bool):  # noqa: ANN201
+def grid_config(n: int, smoke: bool):
     from kdsweep.config import load_config
 
     return load_config(str(ROOT / "configs" / "seed.yaml"), grid_overrides(n, smoke))
@@ -246,7 +248,7 @@ def percell_grid(n: int, smoke: bool, storage: Path) -> dict:
             "passes_analytic": percell.expected_passes(cfg, n, "full")}
 
 
-def latency_torch_vs_ort(size: int, warmup: int, iters: int, device, archs: tuple[str, ...]) -> dict:  # noqa: ANN001
+def latency_torch_vs_ort(size: int, warmup: int, iters: int, device, archs: tuple[str, ...]) -> dict:
     """Batch-1 latency at `size` px, all runners of a model interleaved per iteration: torch fp32/bf16 on `device`,
     ONNX Runtime's CUDA provider when this build has it, and its CPU provider (1 thread, as a sweep trial) for scale."""
     import torch
@@ -374,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp.replace(out_dir / "gpu_acceptance.json")
         (out_dir / "gpu_acceptance.md").write_text(markdown(res))
 
-    def section(name: str, fn, optional: bool = True) -> None:  # noqa: ANN001
+    def section(name: str, fn, optional: bool = True) -> None:
         left = args.budget_s - (time.perf_counter() - T0)
         if name in skip or (only and name not in only):
             res["sections"][name] = {"skipped": "--skip" if name in skip else "--only"}

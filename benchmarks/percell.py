@@ -31,7 +31,7 @@ def epoch_images(n: int, batch_size: int) -> int:
     return sum(len(b) for b in train_batches(n, batch_size, 0, 0))
 
 
-def recipe_of(cfg) -> dict:  # noqa: ANN001 - a kdsweep Config
+def recipe_of(cfg) -> dict:  # a kdsweep Config
     """The plain-dict recipe a trial needs (what a user would pass to tune.with_parameters)."""
     d = cfg.model_dump(mode="json")
     return {"view": {"image_size": cfg.data.image_size, "normalize": cfg.data.normalize,
@@ -50,22 +50,19 @@ def percell_trial(config: dict, data: dict, recipe: dict, teacher_path: str | No
     import torch
     from ray import tune
 
-    from kdsweep.data import Dataset, ViewSpec
+    from kdsweep.data import ViewSpec
+    from kdsweep.dataset import from_arrays
     from kdsweep.engine import TrainSpec, recalibrate_bn, train
-    from kdsweep.measure import accuracy, latency
+    from kdsweep.measure import accuracy
     from kdsweep.models import build_model, count_params
     from kdsweep.pruning import apply_pruning, make_permanent
+    from kdsweep.runtimes import time_interleaved, torch_runner
 
     entered = time.time()
     actor_start_s = entered - psutil.Process().create_time()
     torch.set_num_threads(max(1, int(recipe["cpus_per_trial"])))
     device = torch.device("cuda", 0) if torch.cuda.is_available() and ray.get_gpu_ids() else torch.device("cpu")
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # read-only numpy arrays from the object store
-        t = {k: torch.from_numpy(data[k]) for k in ("train_x", "train_y", "test_x", "test_y")}
-    ds = Dataset(data["name"], t["train_x"], t["train_y"], t["test_x"], t["test_y"], tuple(data["classes"]))
+    ds = from_arrays(data)
     view = ViewSpec(**recipe["view"])
     tc, sc, kc, pc, mc = (recipe[k] for k in ("teacher", "student", "kd", "prune", "measure"))
     seed = int(config.get("seed", 0))
@@ -97,10 +94,11 @@ def percell_trial(config: dict, data: dict, recipe: dict, teacher_path: str | No
                device, teacher=teacher, on_epoch=reporter("recovery"))
     make_permanent(student)
     acc = accuracy(student, ds.test_x, ds.test_y, view, device)
-    lat = latency(student, view.image_size, device, mc["warmup"], mc["iters"])
+    runner = torch_runner(student, view.image_size, device)
+    lat = time_interleaved({"student": runner}, mc["warmup"], mc["iters"])["student"]
     nonzero = sum(int(p.count_nonzero()) for p in student.parameters())
     tune.report({
-        "final": True, "test_acc": acc, "latency_ms": lat.median_ms, "latency_device": lat.device,
+        "final": True, "test_acc": acc, "latency_ms": lat.median_ms, "latency_device": runner.device,
         "params": count_params(student), "nonzero_params": nonzero,
         "teacher_acc": th[-1]["test_acc"] if th else None, "student_acc": sh[-1]["test_acc"] if sh else None,
         "teacher_epochs": len(th), "student_epochs": len(sh) + len(rh),
@@ -111,7 +109,7 @@ def percell_trial(config: dict, data: dict, recipe: dict, teacher_path: str | No
     })
 
 
-def train_teacher_once(cfg, data, storage: Path) -> tuple[str, float]:  # noqa: ANN001
+def train_teacher_once(cfg, data, storage: Path) -> tuple[str, float]:
     """The shared-teacher variant's up-front teacher, trained in the driver; returns its path and the seconds taken.
 
     Threads as a trial gets them (`cpus_per_trial`, like kdsweep's teacher trial): on a CPU shared with other work,
@@ -139,7 +137,7 @@ def train_teacher_once(cfg, data, storage: Path) -> tuple[str, float]:  # noqa: 
     return str(path), time.perf_counter() - t0
 
 
-def run_percell(cfg, storage: Path, shared_teacher: bool, gpus_per_trial: float) -> dict:  # noqa: ANN001
+def run_percell(cfg, storage: Path, shared_teacher: bool, gpus_per_trial: float) -> dict:
     """Run the per-cell grid into `storage`; returns wall time, teacher time, and every trial's final metrics.
 
     The timed region starts before the dataset is loaded, as `kdsweep run`'s does.
@@ -147,7 +145,7 @@ def run_percell(cfg, storage: Path, shared_teacher: bool, gpus_per_trial: float)
     from ray import tune
 
     from kdsweep.data import load_dataset
-    from kdsweep.trainables import dataset_to_arrays
+    from kdsweep.dataset import to_arrays as dataset_to_arrays
 
     t0 = time.perf_counter()
     data = load_dataset(cfg.data)
@@ -172,7 +170,7 @@ def run_percell(cfg, storage: Path, shared_teacher: bool, gpus_per_trial: float)
     return {"wall_s": wall, "teacher_s": teacher_s, "rows": rows, "errors": errors}
 
 
-def expected_passes(cfg, n_train: int, kind: str) -> dict:  # noqa: ANN001
+def expected_passes(cfg, n_train: int, kind: str) -> dict:
     """Image passes through each network, counted from epochs x images x trials (training passes only)."""
     nT, nA, nP, nS = len(cfg.kd.temperature), len(cfg.kd.alpha), len(cfg.prune.amount), len(cfg.seeds)
     et, es, er = cfg.teacher.epochs, cfg.student.epochs, cfg.prune.recovery_epochs

@@ -16,9 +16,10 @@ import torch
 from kdsweep.config import load_config
 from kdsweep.export import export_onnx
 from kdsweep.measure import count_macs
+from kdsweep.paths import Paths
 from kdsweep.plan import make_plan
 from kdsweep.runtimes import ort_runner, ort_session, time_interleaved
-from kdsweep.stages import Paths, load_model
+from kdsweep.stages import load_model
 from kdsweep.structured import structured_prune
 
 warnings.filterwarnings("ignore")
@@ -32,7 +33,8 @@ for amount, round_to in ((0.5, 8), (0.5, 16), (0.6, 8)):
     structured_prune(m, amount, 224, round_to=round_to)
     models[f"p={amount} round_to={round_to}"] = m.eval()
 x = torch.randn(4, 3, 224, 224)
-runners = {name: ort_runner(ort_session(export_onnx(m, x, rtol=1e-2).onnx, "cpu", 1), 224) for name, m in models.items()}
+runners = {name: ort_runner(ort_session(export_onnx(m, x, rtol=1e-2).onnx, "cpu", 1), 224)
+           for name, m in models.items()}
 stats = time_interleaved(runners, 10, 100)
 print("| model | MACs @224 | params | ORT ms @224 | speed-up |\n| --- | ---: | ---: | ---: | ---: |")
 for name, m in models.items():

@@ -1,11 +1,20 @@
 """kdsweep: sweep knowledge distillation and pruning settings and report the accuracy/latency/size trade-off."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .version import __version__
+
+if TYPE_CHECKING:
+    from .config import Config
+
+__all__ = ["__version__", "run"]
 
 
-def run(config, overrides=None, storage="./runs", name=None, address=None, dry_run=False):  # noqa: ANN001, ANN201
+def run(config: str | Path | dict | Config, overrides: list[str] | None = None, storage: str | Path = "./runs",
+        name: str | None = None, address: str | None = None, dry_run: bool = False) -> Path | str:
     """Run or resume a sweep from a config path/dict/Config; returns the experiment folder (see kdsweep.sweeper.run)."""
-    from .sweeper import run as _run
+    from .sweeper import run as _run  # Ray and torch load only when a sweep runs
 
     return _run(config, overrides=overrides, storage=storage, name=name, address=address, dry_run=dry_run)

@@ -8,14 +8,14 @@ signs; samples that share (op, sign) are transformed in one batched `torchvision
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torchvision.transforms.v2 import functional as TF
 
 NUM_BINS = 31  # torchvision's RandAugment magnitude scale: 0..30
 
-_lin = lambda lo, hi: (lambda bins, h, w: torch.linspace(lo, hi, bins))  # noqa: E731
+_lin = lambda lo, hi: (lambda bins, h, w: torch.linspace(lo, hi, bins))
 
 # op -> (magnitudes per bin for an h x w image, or None; whether a magnitude's sign is drawn), in torchvision's order
 # (v2.RandAugment._AUGMENTATION_SPACE; tests/test_augment.py checks that the two agree)

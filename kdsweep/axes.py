@@ -7,11 +7,15 @@ hash (plan.make_plan), so work that a combination does not change (one teacher f
 """
 from __future__ import annotations
 
+import difflib
 import itertools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from .errors import ConfigError
 
 # keys that are one setting per sweep, not per variant: what runs where, how it is timed, what it is called
 _PER_SWEEP = {"name": "the experiment's name", "sweep": "the sweep itself", "max_variants": "the plan limit",
@@ -60,14 +64,12 @@ def set_key(raw: dict, key: str, value: Any) -> dict:
     return out
 
 
-def validate(raw: dict, sweep: Any, leaf_keys: set[str], build: Any) -> dict[str, list]:
+def validate(raw: dict, sweep: Any, leaf_keys: frozenset[str], build: Callable[[dict], Any]) -> dict[str, list]:
     """Check every swept key and value as the scalar key would be checked; return the sweep as {key: values}.
 
     `raw` is the config without its sweep section, `leaf_keys` the dotted keys that exist, `build(raw)` validates a
     config (raising ConfigError whose message starts `config key '<key>': ...`).
     """
-    from .config import ConfigError
-
     if sweep is None:
         return {}
     if not isinstance(sweep, dict):
@@ -77,8 +79,6 @@ def validate(raw: dict, sweep: Any, leaf_keys: set[str], build: Any) -> dict[str
     for key, values in sweep.items():
         where = f"config key 'sweep.{key}'"
         if not isinstance(key, str) or key not in leaf_keys:
-            import difflib
-
             close = difflib.get_close_matches(str(key), sorted(leaf_keys), n=1)
             hint = f" (did you mean 'sweep.{close[0]}'?)" if close else ""
             raise ConfigError(f"{where}: unknown config key{hint}")
@@ -114,8 +114,6 @@ def split(sweep: dict[str, list]) -> tuple[dict[str, list], dict[str, list]]:
 
 def combos(multi: dict[str, list], limit: int) -> list[Combo]:
     """Every combination of the multiplying keys (one empty combo when there are none)."""
-    from .config import ConfigError
-
     n = 1
     for values in multi.values():
         n *= len(values)

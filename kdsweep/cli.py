@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import ConfigError
+from .errors import ConfigError, DataError, FacetError, ModelError, StatusError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,8 +38,6 @@ def main(argv: list[str] | None = None) -> int:
         return _analyze(args.experiment, args.out, args.facet)
     if args.cmd == "status":
         return _status(args.experiment)
-    from .data import DataError
-    from .models import ModelError
     from .sweeper import run
 
     try:
@@ -59,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _status(experiment: str) -> int:
-    from .status import StatusError, experiment_status, format_status
+    from .status import experiment_status, format_status
 
     try:
         print(format_status(experiment_status(experiment)))
@@ -70,7 +68,7 @@ def _status(experiment: str) -> int:
 
 
 def _analyze(experiment: str, out: str | None, facet: str | None = None) -> int:
-    from .analysis import FacetError, analyze, headline_table, load_experiment
+    from .analysis import analyze, headline_table, load_experiment
 
     loaded = load_experiment(experiment)
     if loaded.rows.empty and not loaded.planned:

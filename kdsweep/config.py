@@ -1,26 +1,28 @@
-"""Config models (the contract in DESIGN.md), YAML loading, `--set` overrides and stage hashes."""
+"""The config schema (the contract in DESIGN.md), YAML loading and `--set` overrides.
+
+Pure: validating a config reads no file but the YAML itself and imports no optional package, so every trial, every
+sweep combination and `kdsweep status` can re-validate one cheaply. What depends on the machine (data and weight files,
+installed runtimes, which archs torchvision/timm and torch-pruning can build) is `preflight`, run once by `run` and
+`plan` before Ray starts; what determines a variant's identity (stage hashes) is `hashes`.
+"""
 from __future__ import annotations
 
 import copy
 import difflib
-import hashlib
-import json
+import functools
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ARCHS = ("resnet18", "mobilenet_v3_small")  # the built-in fast path; any torchvision/timm name is checked by models
-DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "tiny-imagenet", "imagefolder")
+from . import axes, storage
+from .errors import ConfigError, one_line
+from .names import DATASETS, DEVICES, PRUNE_METHODS, QUANTIZE_METHODS, RUNTIMES, STAGES
+
+ARCHS = ("resnet18", "mobilenet_v3_small")  # the built-in fast path; any torchvision/timm name is checked by preflight
 Augment = Literal["flip", "crop", "randaugment", "mixup", "cutmix"]
-RUNTIMES = ("torch", "onnxruntime", "tensorrt")  # mirrored by runtimes.RUNTIMES
-# the Python module each runtime needs; checked with find_spec so validation never imports them
-RUNTIME_MODULES = {"onnxruntime": "onnxruntime", "tensorrt": "tensorrt"}
-
-
-class ConfigError(ValueError):
-    """A config problem, phrased as one line naming the offending key."""
 
 
 class _Strict(BaseModel):
@@ -46,7 +48,7 @@ class RandAugmentConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    dataset: Literal["cifar10", "cifar100", "digits", "synthetic", "tiny-imagenet", "imagefolder"] = "cifar10"
+    dataset: Literal[DATASETS] = "cifar10"
     root: str = "./data"
     download: bool = True
     verify: bool = True
@@ -57,7 +59,8 @@ class DataConfig(_Strict):
     mixup_alpha: float = Field(0.2, gt=0, description="Beta(a, a) of mixup's lambda, when augment has mixup")
     cutmix_alpha: float = Field(1.0, gt=0, description="Beta(a, a) of cutmix's box area, when augment has cutmix")
     stored_size: int = Field(64, ge=8, description="imagefolder: images are resized once to this square size")
-    train_limit: int | None = Field(None, ge=2, description="use only the first N training images (synthetic: N images)")
+    train_limit: int | None = Field(None, ge=2,
+                                    description="use only the first N training images (synthetic: N images)")
     test_limit: int | None = Field(None, ge=1, description="use only the first N test images (synthetic: N images)")
     split_seed: int = 0
 
@@ -88,7 +91,8 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(1.0e-4, ge=0)
     batch_size: int = Field(128, ge=1)
     schedule: Literal["cosine", "constant"] = "cosine"
-    bn_momentum: float = Field(0.1, gt=0, le=1, description="BatchNorm momentum; torchvision's MobileNetV3 0.01 is too slow for short runs")
+    bn_momentum: float = Field(0.1, gt=0, le=1, description="BatchNorm momentum; torchvision's MobileNetV3 0.01 is "
+                               "too slow for short runs")
     augment: list[Augment] | None = Field(None, description="this stage's augmentation; default: data.augment")
 
     @field_validator("augment", mode="before")
@@ -100,18 +104,6 @@ class TrainConfig(_Strict):
     @classmethod
     def _augment_unique(cls, v: list[str] | None) -> list[str] | None:
         return _check_augment(v)
-
-    @field_validator("arch")
-    @classmethod
-    def _known_arch(cls, v: str) -> str:
-        if v in ARCHS:
-            return v
-        from .models import arch_problem  # imports torchvision: only for archs off the built-in fast path
-
-        problem = arch_problem(v)
-        if problem:
-            raise ValueError(problem)
-        return v
 
 
 class KDConfig(_Strict):
@@ -141,7 +133,7 @@ class KDConfig(_Strict):
 
 class PruneConfig(_Strict):
     amount: list[float] = [0.3]
-    method: list[Literal["l1_unstructured", "l1_structured"]] = ["l1_unstructured"]
+    method: list[Literal[PRUNE_METHODS]] = [PRUNE_METHODS[0]]
     scope: Literal["layer", "global"] = "layer"
     round_to: int = Field(8, ge=1, description="structured pruning keeps channel counts multiples of this")
     recovery_epochs: int = Field(2, ge=0)
@@ -165,8 +157,8 @@ class PruneConfig(_Strict):
 
 
 class QuantizeConfig(_Strict):
-    method: list[Literal["none", "int8"]] = ["none"]
-    stages: list[Literal["teacher", "baseline", "student", "pruned"]] = ["student", "pruned"]
+    method: list[Literal[QUANTIZE_METHODS]] = ["none"]
+    stages: list[Literal[STAGES[:-1]]] = ["student", "pruned"]  # any fp32 stage (not quantized itself)
     calib_batches: int = Field(8, ge=1, description="batches of training views that calibrate activation ranges")
 
     _axes = field_validator("method", "stages", mode="before")(classmethod(lambda cls, v: _as_axis(v)))
@@ -181,21 +173,16 @@ class MeasureConfig(_Strict):
     latency_device: Literal["auto", "cpu", "cuda"] = "auto"
     warmup: int = Field(20, ge=0)
     iters: int = Field(200, ge=1)
-    runtimes: list[Literal["torch", "onnxruntime", "tensorrt"]] = ["torch", "onnxruntime"]
-    devices: list[Literal["cpu", "cuda"]] | None = Field(None, description="default: what the trial has")
+    runtimes: list[Literal[RUNTIMES]] = ["torch", "onnxruntime"]
+    devices: list[Literal[DEVICES]] | None = Field(None, description="default: what the trial has")
 
     _axes = field_validator("runtimes", "devices", mode="before")(
         classmethod(lambda cls, v: v if v is None else _as_axis(v)))
 
     @field_validator("runtimes")
     @classmethod
-    def _installed(cls, v: list[str]) -> list[str]:
-        _check_axis(v, "runtimes")
-        for rt in v:
-            if rt in RUNTIME_MODULES and not _module_installed(RUNTIME_MODULES[rt]):
-                raise ValueError(f"runtime {rt!r} is not installed (no module {RUNTIME_MODULES[rt]!r}); "
-                                 f"install it or remove it from the list")
-        return v
+    def _runtimes(cls, v: list[str]) -> list[str]:
+        return _check_axis(v, "runtimes")
 
     @field_validator("devices")
     @classmethod
@@ -203,7 +190,7 @@ class MeasureConfig(_Strict):
         return v if v is None else _check_axis(v, "devices")
 
     @model_validator(mode="after")
-    def _one_device_key(self) -> "MeasureConfig":
+    def _one_device_key(self) -> MeasureConfig:
         if self.devices is not None and self.latency_device != "auto":
             raise ValueError("measure.devices: give either devices or latency_device, not both")
         return self
@@ -237,51 +224,10 @@ class Config(_Strict):
         return _check_axis(v, "seeds")
 
     @model_validator(mode="after")
-    def _paths(self) -> "Config":
-        root = Path(self.data.root).expanduser()
-        if self.data.dataset in ("cifar10", "cifar100", "tiny-imagenet") and not self.data.download:
-            if not _is(root.is_dir):
-                raise ValueError(f"data.root: {self.data.root!r} does not exist and data.download is false")
-        if self.data.dataset == "imagefolder" and not _is(root.is_dir):
-            raise ValueError(f"data.root: {self.data.root!r} does not exist (imagefolder reads train/ and val/ there)")
-        for stage in ("teacher", "student"):
-            w = getattr(self, stage).weights
-            if w not in ("none", "imagenet") and not _is(Path(w).is_file):
-                raise ValueError(f"{stage}.weights: {w!r} is neither 'none', 'imagenet' nor an existing file")
-        for stage in ("teacher", "student"):
-            arch = getattr(self, stage).arch
-            if arch not in ARCHS:  # the built-ins take any size; others may not (ViT: 224 px only)
-                from .models import input_problem
-
-                problem = input_problem(arch, self.data.image_size)
-                if problem:
-                    raise ValueError(f"data.image_size: {problem}")
-        if "l1_structured" in self.prune.method and self.student.arch not in ARCHS:
-            from .structured import arch_problem as structured_problem
-
-            problem = structured_problem(self.student.arch)
-            if problem:
-                raise ValueError(f"prune.method: {problem}")
+    def _int8_runs_in_ort(self) -> Config:
         if "int8" in self.quantize.method and "onnxruntime" not in self.measure.runtimes:
             raise ValueError("quantize.method: int8 models run in ONNX Runtime; add onnxruntime to measure.runtimes")
         return self
-
-
-def _module_installed(name: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def _is(check) -> bool:  # noqa: ANN001
-    """A path check that treats unusable paths (too long, bad bytes) as absent instead of raising."""
-    try:
-        return check()
-    except (OSError, ValueError):
-        return False
 
 
 def _model_fields(model: type[BaseModel], path: tuple) -> list[str]:
@@ -302,14 +248,14 @@ def _format_error(err: ValidationError) -> str:
     if e["type"] == "extra_forbidden":
         known = _model_fields(Config, loc[:-1])
         close = difflib.get_close_matches(loc[-1], known, n=1)
-        hint = f" (did you mean {'.'.join(loc[:-1] + (close[0],))!r}?)" if close else f" (known keys: {', '.join(known)})"
+        hint = (f" (did you mean {'.'.join(loc[:-1] + (close[0],))!r}?)" if close
+                else f" (known keys: {', '.join(known)})")
         return f"config key {key!r}: unknown key{hint}"
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "value_error":
-        # cross-field checks name their key themselves ("data.root: ..."); field checks already quote the value
+        # cross-field checks name their key themselves ("quantize.method: ..."); field checks already quote the value
         head, _, rest = msg.partition(": ")
-        if head in ("data.root", "data.image_size", "teacher.weights", "student.weights", "quantize.method",
-                    "measure.devices", "prune.method"):
+        if rest and head in leaf_keys():
             return f"config key {head!r}: {rest}"
         return f"config key {key!r}: {msg}"
     return f"config key {key!r}: {msg} (got {e.get('input')!r})"
@@ -345,24 +291,25 @@ def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
     return out
 
 
-def read_yaml(path: str | Path) -> dict:
-    """Read a config file with yaml.safe_load; problems become one-line ConfigErrors."""
-    p = Path(path)
+def read_yaml(path: str | os.PathLike) -> dict:
+    """Read a config file (a local path or a storage URI such as s3://...) with yaml.safe_load; problems become
+    one-line ConfigErrors."""
+    p = os.fspath(path)
     try:
-        text = p.read_text()
+        text = storage.read_text(p)
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {str(p)!r}: cannot read ({exc.__class__.__name__}: {exc})") from None
+        raise ConfigError(f"config file {p!r}: cannot read ({one_line(exc)})") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where else ""
-        raise ConfigError(f"config file {str(p)!r}: not valid YAML{at}") from None
+        raise ConfigError(f"config file {p!r}: not valid YAML{at}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {str(p)!r}: expected a mapping of keys, got {type(raw).__name__}")
-    raw.setdefault("name", p.stem)
+        raise ConfigError(f"config file {p!r}: expected a mapping of keys, got {type(raw).__name__}")
+    raw.setdefault("name", Path(storage.basename(p)).stem)
     return raw
 
 
@@ -374,14 +321,18 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
-def _leaf_keys(model: type[BaseModel] = None, prefix: str = "") -> set[str]:
+@functools.cache
+def leaf_keys() -> frozenset[str]:
     """Every dotted key of the config that a sweep may name (fields of sections, top-level scalars)."""
-    model = model or Config
+    return frozenset(_keys(Config))
+
+
+def _keys(model: type[BaseModel], prefix: str = "") -> set[str]:
     out = set()
     for name, field in model.model_fields.items():
-        sub = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
-        if sub is not None:
-            out |= _leaf_keys(sub, f"{prefix}{name}.")
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            out |= _keys(sub, f"{prefix}{name}.")
             if prefix:
                 out.add(prefix + name)  # a nested section (data.randaugment) can be swept as a whole
         else:
@@ -413,34 +364,14 @@ def build_config(raw: dict, overrides: list[str] | None = None) -> Config:
     The sweep section is checked value by value (axes.validate); keys that are grid axes already take the swept list,
     one-value keys become plain settings, and `Config.sweep` keeps only the keys that multiply configs.
     """
-    from . import axes
-
     data = _merge(Config().model_dump(mode="json"), apply_overrides(raw, overrides))
     sweep = _flatten(data.pop("sweep", None) or {})
     _validate(data)  # the base config first: its errors name plain keys
-    swept = axes.validate(data, sweep, _leaf_keys(), _validate)
+    swept = axes.validate(data, sweep, leaf_keys(), _validate)
     lists, multi = axes.split(swept)
     for key, values in list(lists.items()) + [(k, v[0]) for k, v in multi.items() if len(v) == 1]:
         data = axes.set_key(data, key, values)
     return _validate(data | {"sweep": {k: v for k, v in multi.items() if len(v) > 1}})
-
-
-def load_config(source: "str | Path | dict | Config", overrides: list[str] | None = None) -> Config:
-    """Load a config from a YAML path, a dict or a Config, applying `--set` style overrides."""
-    if isinstance(source, Config):
-        return build_config(source.model_dump(mode="json"), overrides) if overrides else source
-    raw = dict(source) if isinstance(source, dict) else read_yaml(source)
-    return build_config(raw, overrides)
-
-
-def config_hash(settings: dict) -> str:
-    """Stable short hash of settings (canonical JSON, key order independent)."""
-    blob = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-# DataConfig keys that enter a hash only where they change the work: older experiments keep their hashes
-_DATA_WHERE = {"root", "download", "verify", "stored_size", "randaugment", "mixup_alpha", "cutmix_alpha"}
 
 
 def stage_augment(cfg: Config, stage: str) -> list[str]:
@@ -451,64 +382,9 @@ def stage_augment(cfg: Config, stage: str) -> list[str]:
     return list(cfg.data.augment if own is None else own)
 
 
-def _data_settings(cfg: Config, augment: list[str] | None = None) -> dict:
-    """What the data and (with `augment`) a stage's views are; `root`, `download` and `verify` say where data lives,
-    not what it is, so they are left out, and so is every key that does not apply (written as before it existed)."""
-    d = cfg.data.model_dump(exclude=_DATA_WHERE)
-    aug = d["augment"] = list(cfg.data.augment if augment is None else augment)
-    if cfg.data.dataset == "imagefolder":
-        d["stored_size"] = cfg.data.stored_size
-    if "randaugment" in aug:
-        d["randaugment"] = cfg.data.randaugment.model_dump()
-    if "mixup" in aug:
-        d["mixup_alpha"] = cfg.data.mixup_alpha
-    if "cutmix" in aug:
-        d["cutmix_alpha"] = cfg.data.cutmix_alpha
-    return d
-
-
-def _train_settings(c: TrainConfig) -> dict:
-    return c.model_dump(exclude={"augment"})  # the stage's augmentation is part of its data settings
-
-
-def teacher_settings(cfg: Config, seed: int) -> dict:
-    """Everything that determines the teacher checkpoint of one seed."""
-    return {"stage": "teacher", "seed": seed, "data": _data_settings(cfg, stage_augment(cfg, "teacher")),
-            "teacher": _train_settings(cfg.teacher)}
-
-
-def student_settings(cfg: Config, seed: int, temperature: float | None, alpha: float) -> dict:
-    """Everything that determines one student checkpoint (alpha 0: the no-KD baseline, teacher-independent)."""
-    s = {"stage": "student", "seed": seed, "data": _data_settings(cfg, stage_augment(cfg, "student")),
-         "student": _train_settings(cfg.student), "alpha": alpha, "label_smoothing": cfg.kd.label_smoothing}
-    if alpha > 0:
-        s |= {"temperature": temperature, "teacher": config_hash(teacher_settings(cfg, seed))}
-    return s
-
-
-def logits_settings(cfg: Config, seed: int) -> dict:
-    """What the cached teacher logits of one seed are: the teacher's outputs on every student view of every epoch."""
-    s = {"teacher": config_hash(teacher_settings(cfg, seed)), "epochs": cfg.student.epochs + cfg.prune.recovery_epochs}
-    views = _data_settings(cfg, stage_augment(cfg, "student"))
-    if views != _data_settings(cfg, stage_augment(cfg, "teacher")):  # else the teacher's hash already says it
-        s["views"] = views
-    return s
-
-
-def pruned_settings(cfg: Config, seed: int, temperature: float | None, alpha: float, amount: float,
-                    method: str = "l1_unstructured") -> dict:
-    """Everything that determines one pruned-and-recovered student."""
-    # written exactly as before `method` became an axis, so unstructured variants of older experiments keep their
-    # hashes (and are not retrained); round_to only matters to structured pruning
-    prune = cfg.prune.model_dump(exclude={"amount", "method", "round_to"}) | {"method": method}
-    if method == "l1_structured":
-        prune["round_to"] = cfg.prune.round_to
-    return {"stage": "pruned", "amount": amount, "prune": prune,
-            "student": config_hash(student_settings(cfg, seed, temperature, alpha))}
-
-
-def quantized_settings(cfg: Config, parent_hash: str, method: str) -> dict:
-    """Everything that determines one quantized model: its fp32 parent, the method and the calibration."""
-    # calibration views are un-augmented; data.augment is in the dict only because it always was (hash stability)
-    return {"stage": "quantized", "parent": parent_hash, "method": method, "calib_batches": cfg.quantize.calib_batches,
-            "data": _data_settings(cfg)}
+def load_config(source: str | Path | dict | Config, overrides: list[str] | None = None) -> Config:
+    """Load a config from a YAML path, a dict or a Config, applying `--set` style overrides."""
+    if isinstance(source, Config):
+        return build_config(source.model_dump(mode="json"), overrides) if overrides else source
+    raw = dict(source) if isinstance(source, dict) else read_yaml(source)
+    return build_config(raw, overrides)

@@ -13,33 +13,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import folders
 from .augment import cutmix, cutmix_boxes, draw_randaugment, mixup, randaugment
 from .config import DataConfig
+from .dataset import Dataset
+from .errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_PAD = 4
 MIXES = ("mixup", "cutmix")  # augmentations that blend two training images
-
-
-class DataError(RuntimeError):
-    """A dataset could not be loaded; the message names the path or key."""
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """Train/test images (N, C, H, W) uint8 and int64 labels."""
-
-    name: str
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    classes: tuple[str, ...]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
 
 @dataclass(frozen=True)
@@ -56,7 +39,7 @@ class ViewSpec:
     cutmix_alpha: float = 1.0  # Beta(a, a) of cutmix's drawn area
 
     @classmethod
-    def from_config(cls, cfg: DataConfig, augment: list[str] | None = None) -> "ViewSpec":
+    def from_config(cls, cfg: DataConfig, augment: list[str] | None = None) -> ViewSpec:
         """The views of `cfg`, with a stage's own augmentation list if given (config.stage_augment)."""
         return cls(cfg.image_size, cfg.normalize, tuple(cfg.augment if augment is None else augment),
                    cfg.randaugment.num_ops, cfg.randaugment.magnitude, cfg.mixup_alpha, cfg.cutmix_alpha)
@@ -69,8 +52,6 @@ class ViewSpec:
 
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Load the configured dataset into memory as uint8 tensors."""
-    from . import folders  # imported here: folders imports this module (DataError, Dataset) and PIL
-
     loaders = {"cifar10": _cifar, "cifar100": _cifar, "digits": _digits, "synthetic": _synthetic,
                "tiny-imagenet": folders.tiny_imagenet, "imagefolder": folders.imagefolder}
     ds = loaders[cfg.dataset](cfg)
@@ -111,9 +92,9 @@ def _cifar(cfg: DataConfig) -> Dataset:
 
     try:
         train, test = (Loader(str(root), train=t, download=cfg.download) for t in (True, False))
-    except Exception as exc:  # noqa: BLE001 - torchvision raises bare RuntimeError/URLError; name the source
+    except Exception as exc:  # torchvision raises bare RuntimeError/URLError; name the source
         raise DataError(f"data.root: could not load {cfg.dataset} from {str(root)!r}: {exc}") from exc
-    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))  # noqa: E731 NHWC -> NCHW
+    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))  # NHWC -> NCHW
     return Dataset(cfg.dataset, to_t(train.data), torch.tensor(train.targets, dtype=torch.int64),
                    to_t(test.data), torch.tensor(test.targets, dtype=torch.int64), tuple(train.classes))
 
@@ -153,7 +134,7 @@ def _digits(cfg: DataConfig) -> Dataset:
 def _synthetic(cfg: DataConfig) -> Dataset:
     g = torch.Generator().manual_seed(cfg.split_seed)
     ntr, nte = cfg.train_limit or 1024, cfg.test_limit or 256
-    mk = lambda n: (torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),  # noqa: E731
+    mk = lambda n: (torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
                     torch.randint(0, 10, (n,), generator=g))
     (xtr, ytr), (xte, yte) = mk(ntr), mk(nte)
     return Dataset("synthetic", xtr, ytr, xte, yte, tuple(str(i) for i in range(10)))

@@ -6,27 +6,24 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from . import storage
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data import Dataset, ViewSpec, augment_params, make_views, train_batches, train_views
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import ViewSpec, augment_params, make_views, train_batches, train_views
+from .dataset import Dataset
+from .errors import CheckpointError, DivergedError
 from .losses import kd_loss
 from .measure import accuracy
-
 
 # A healthy run never climbs 1000x above its first batch loss; AdamW at an absurd lr (1e4) blows the loss up to
 # ~1e15 while staying finite, so non-finite alone would not catch it.
 DIVERGENCE_FACTOR = 1e3
-
-
-class DivergedError(RuntimeError):
-    """Training produced a non-finite or exploding loss."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from . import storage
+from .errors import ExportError, one_line
 from .runtimes import ort_predict, ort_session
 
 # What torch 2.14's exporter writes natively (no version conversion); ORT >= 1.17 and TensorRT >= 10 read it.
@@ -31,10 +32,6 @@ ATOL, RTOL = 1e-5, 1e-3
 _TEMPLATES: dict[tuple, onnx.ModelProto | None] = {}
 # torch.export patches global state while it traces; tasks of a reused Ray process may export from two threads
 _EXPORT_LOCK = threading.Lock()
-
-
-class ExportError(RuntimeError):
-    """Export failed or ORT disagrees with PyTorch; one line saying which."""
 
 
 @dataclass(frozen=True)
@@ -57,10 +54,11 @@ def export_onnx(model: nn.Module, check_input: torch.Tensor, atol: float = ATOL,
     """Export `model` (eval mode, dynamic batch axis) to ONNX and check it in ORT against PyTorch on `check_input`.
 
     `shared`: a storage folder (local or s3://) where templates are kept for the other processes of a sweep, so an
-    architecture costs one dynamo export per sweep rather than one per trial process. The check runs `check_input` (batch >= 2, so the dynamic batch axis is exercised) and its first sample alone,
-    and raises ExportError if max |ORT - torch| > atol + rtol * max |torch logit|: float32 kernels differ in
-    summation order, and ORT fuses Conv+BN, so agreement is relative to the logit scale. The model's train/eval
-    mode and memory format are left as they were.
+    architecture costs one dynamo export per sweep rather than one per trial process. The check runs `check_input`
+    (batch >= 2, so the dynamic batch axis is exercised) and its first sample alone, and raises ExportError if
+    max |ORT - torch| > atol + rtol * max |torch logit|: float32 kernels differ in summation order, and ORT fuses
+    Conv+BN, so agreement is relative to the logit scale. The model's train/eval mode and memory format are left as
+    they were.
     """
     if check_input.dim() != 4 or check_input.shape[0] < 2:
         raise ValueError(f"check_input: need an (N>=2, C, H, W) batch, got shape {tuple(check_input.shape)}")
@@ -104,7 +102,7 @@ def _export_fresh(model: nn.Module, x: torch.Tensor, state: dict[str, torch.Tens
                 model, (x[:2],), dynamo=True, verbose=False, optimize=False, opset_version=OPSET,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], external_data=False,
                 dynamic_shapes=({0: torch.export.Dim("batch")},))
-        except Exception as exc:  # noqa: BLE001 - torch.export raises many types; one line says which model failed
+        except Exception as exc:  # torch.export raises many types; one line says which model failed
             raise ExportError(f"ONNX export of {type(model).__name__} failed: {_root_cause(exc)}") from exc
     proto = program.model_proto
     # optimize=False keeps BN separate from conv, so each initializer is still one state-dict tensor (verified
@@ -146,8 +144,7 @@ def _root_cause(exc: BaseException) -> str:
     """First line of the innermost cause: the exporter wraps the real reason in generic 'step 1/3' errors."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    return one_line(exc, limit=10_000)
 
 
 def _maps_onto(proto: onnx.ModelProto, state: dict[str, torch.Tensor]) -> bool:
@@ -190,8 +187,8 @@ def _check(data: bytes, x: np.ndarray, ref: np.ndarray, atol: float, rtol: float
     try:
         session = ort_session(data, "cpu", threads=1)
         out, first = ort_predict(session, x), ort_predict(session, x[:1])
-    except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types; say it was the ONNX check
-        raise ExportError(f"ORT could not run the {how} ONNX model: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # ORT raises its own exception types; say it was the ONNX check
+        raise ExportError(f"ORT could not run the {how} ONNX model: {one_line(exc)}") from exc
     if out.shape != ref.shape:
         raise ExportError(f"ORT output shape {out.shape} of the {how} ONNX model != PyTorch's {ref.shape}")
     diff = float(max(np.abs(out - ref).max(), np.abs(first - ref[:1]).max()))

@@ -27,7 +27,8 @@ from PIL import Image, UnidentifiedImageError
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import DataConfig
-from .data import DataError, Dataset
+from .dataset import Dataset
+from .errors import DataError, DataWarning, one_line
 
 TINY_FOLDER = "tiny-imagenet-200"
 TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -40,10 +41,6 @@ PROGRESS_EVERY_S = 10.0
 CHUNK = 256  # images per thread-pool task: few futures, yet progress and errors surface quickly
 
 Items = list[tuple[str, int]]  # (absolute image path, label)
-
-
-class DataWarning(UserWarning):
-    """A dataset cache was stale, corrupt or could not be written; loading went on without it."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +100,7 @@ def _download(root: Path, folder: Path, verify: bool) -> None:
 
     try:
         tv_utils.download_and_extract_archive(TINY_URL, str(root), md5=TINY_MD5 if verify else None)
-    except Exception as exc:  # noqa: BLE001 - urllib/zipfile/md5 errors all mean the same to the user
+    except Exception as exc:  # urllib/zipfile/md5 errors all mean the same to the user
         raise DataError(f"data.root: could not download {TINY_URL} into {str(root)!r}: {_line(exc)}") from exc
     if not folder.is_dir():
         raise DataError(f"data.root: the downloaded archive did not create {str(folder)!r}")
@@ -320,7 +317,7 @@ def decode_image(path: str, size: int) -> np.ndarray:
             rgb = im.convert("RGB")  # grayscale / CMYK / palette files become 3 channels
     except UnidentifiedImageError:
         raise DataError(f"data.root: cannot decode image {path!r}: not an image format PIL can read") from None
-    except Exception as exc:  # noqa: BLE001 - PIL raises OSError (truncated), ValueError, DecompressionBombError...
+    except Exception as exc:  # PIL raises OSError (truncated), ValueError, DecompressionBombError...
         raise DataError(f"data.root: cannot decode image {path!r}: {_line(exc)}") from exc
     if rgb.size != (size, size):
         rgb = TF.center_crop(TF.resize(rgb, [size], antialias=True), [size, size])
@@ -359,8 +356,7 @@ def decode_splits(src: Source) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _line(exc: BaseException) -> str:
-    """An exception as one short line: 'Type: first line of its message' (an OSError: its reason, the path is known)."""
+    """An exception as one short line; an OSError with a file name: only its reason (the message names the path)."""
     if isinstance(exc, OSError) and exc.strerror and exc.filename:
         return exc.strerror
-    text = str(exc).strip().splitlines()
-    return f"{exc.__class__.__name__}: {text[0]}" if text else exc.__class__.__name__
+    return one_line(exc, limit=10_000)

@@ -1,4 +1,4 @@
-"""Accuracy, batch-1 latency (median, p90, device named) and size three ways (dense, non-zero, compressed bytes)."""
+"""Accuracy, size three ways (dense, non-zero, compressed bytes) and MACs of a model; latency is `runtimes`."""
 from __future__ import annotations
 
 import ast
@@ -15,7 +15,8 @@ from .models import count_params
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, spec: ViewSpec, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, spec: ViewSpec, device: torch.device,
+            batch_size: int = 256) -> torch.Tensor:
     """Logits of un-augmented views of uint8 images `x`, in eval mode, on `device` (the model is moved there)."""
     was_training = model.training
     model.eval().to(device)
@@ -33,29 +34,6 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: ViewSpec,
              batch_size: int = 256) -> float:
     """Top-1 accuracy (0-1) in eval mode."""
     return float((predict(model, x, spec, device, batch_size).argmax(1) == y).float().mean())
-
-
-def device_label(device: torch.device) -> str:
-    """`cuda:<GPU name>` or `cpu`."""
-    return f"cuda:{torch.cuda.get_device_name(device)}" if device.type == "cuda" else "cpu"
-
-
-@dataclass
-class Latency:
-    median_ms: float
-    p90_ms: float
-    device: str
-    iters: int
-
-
-def latency(model: nn.Module, image_size: int, device: torch.device, warmup: int = 20, iters: int = 200,
-            channels: int = 3) -> Latency:
-    """Batch-1 forward latency of one model timed alone (the runtimes' torch runner: eval, CUDA events on GPU)."""
-    from .runtimes import time_interleaved, torch_runner
-
-    runner = torch_runner(model, image_size, device, channels=channels)
-    stats = time_interleaved({"model": runner}, warmup, iters)["model"]
-    return Latency(stats.median_ms, stats.p90_ms, runner.device, iters)
 
 
 @dataclass

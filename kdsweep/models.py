@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import difflib
 import functools
+from collections.abc import Callable
 from importlib.util import find_spec
-from typing import Callable
 
 import torch
 from torch import nn
 from torchvision import models as tvm
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import load_checkpoint
+from .errors import CheckpointError, ModelError, one_line
 
 TIMM_PREFIX = "timm:"
 IMAGENET_CLASSES = 1000
-
-
-class ModelError(RuntimeError):
-    """A model could not be built as asked; the message names the key."""
 
 
 def _resnet18(weights: tvm.WeightsEnum | None, num_classes: int) -> nn.Module:
@@ -164,13 +161,9 @@ def _pretrained(arch: str, key: str) -> tuple[nn.Module, int]:
     return model, len(enum.meta["categories"])
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else ""
-
-
 def _fetch_error(key: str, what: str, exc: BaseException, cache: str) -> ModelError:
     """The one-line error for pretrained weights that could not be fetched (offline), with the ways around it."""
-    return ModelError(f"{key}.weights: could not fetch {what} ({exc.__class__.__name__}: {_first_line(exc)}); "
+    return ModelError(f"{key}.weights: could not fetch {what} ({one_line(exc)}); "
                       f"offline, use weights: none, or a path to a saved state dict ({cache} also works)")
 
 
@@ -262,7 +255,8 @@ def build_model(arch: str, num_classes: int, weights: str = "none", bn_momentum:
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
-            raise ModelError(f"{key}.weights: {weights!r} does not fit {arch}: {_first_line(exc)}") from None
+            why = one_line(exc, with_type=False)
+            raise ModelError(f"{key}.weights: {weights!r} does not fit {arch}: {why}") from None
         _set_head(model, arch, current, num_classes)
     if bn_momentum is not None:
         set_bn_momentum(model, bn_momentum)

@@ -1,4 +1,5 @@
-"""Where an experiment keeps its files (torch-free: `kdsweep status` and the driver read them without a model)."""
+"""Where an experiment keeps its files, and reading its JSON records (torch-free: `kdsweep status` and the driver read
+them without a model)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import storage
-from .config import Config, config_hash, logits_settings
+from .config import Config
+from .hashes import config_hash, logits_settings
 from .plan import Variant
 
 
@@ -34,7 +36,7 @@ class Paths:
         return storage.join(self.artifact_dir(v), "trained.json")
 
     def trial(self, v: Variant) -> str:
-        """Who trains the variant now and how far it is: pid, node, epoch, a heartbeat (see kdsweep.status)."""
+        """Who trains the variant now and how far it is: pid, node, epoch, a heartbeat (see kdsweep.heartbeat)."""
         return storage.join(self.artifact_dir(v), "trial.json")
 
     def latency(self, v: Variant) -> str:

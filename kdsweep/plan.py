@@ -2,15 +2,21 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
-from typing import Iterator
 
 from . import axes as ax
-from .config import (Config, ConfigError, config_hash, logits_settings, pruned_settings, quantized_settings,
-                     student_settings, teacher_settings)
-
-STAGES = ("teacher", "baseline", "student", "pruned", "quantized")
-STRUCTURED = "l1_structured"
+from .config import Config
+from .errors import ConfigError
+from .hashes import (
+    config_hash,
+    logits_settings,
+    pruned_settings,
+    quantized_settings,
+    student_settings,
+    teacher_settings,
+)
+from .names import STAGES, STRUCTURED
 
 
 def _g(x: float) -> str:
@@ -67,7 +73,7 @@ class Variant:
             label += f" p={_g(self.prune_amount)}" + (" structured" if self.prune_method == STRUCTURED else "")
         return label + "".join(f" {k}={ax.render(v)}" for k, v in self.values.items())
 
-    def base(self) -> "Variant":
+    def base(self) -> Variant:
         """The fp32 variant a quantized one was made from (itself otherwise), rebuilt from its coordinates."""
         if self.stage != "quantized":
             return self
@@ -79,7 +85,7 @@ class Variant:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Variant":
+    def from_dict(cls, d: dict) -> Variant:
         return cls(**d)  # dicts written before sweeps lack axes/suffix: the defaults are what they meant
 
 
@@ -109,7 +115,8 @@ def _plan_one(cfg: Config) -> list[Variant]:
     for seed in cfg.seeds:
         teacher = Variant("teacher", seed, config_hash=config_hash(teacher_settings(cfg, seed)))
         out.append(teacher)
-        out.append(Variant("baseline", seed, alpha=0.0, config_hash=config_hash(student_settings(cfg, seed, None, 0.0))))
+        baseline = config_hash(student_settings(cfg, seed, None, 0.0))
+        out.append(Variant("baseline", seed, alpha=0.0, config_hash=baseline))
     for seed in cfg.seeds:
         for t in cfg.kd.temperature:
             for a in cfg.kd.alpha:

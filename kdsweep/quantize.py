@@ -13,7 +13,8 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from .data import Dataset, ViewSpec, make_views, train_batches
+from .data import ViewSpec, make_views, train_batches
+from .dataset import Dataset
 
 # cpuinfo flags of x86 int8 dot-product instructions (AVX512-VNNI, AVX-VNNI, AMX-INT8); with none of them, ORT's
 # u8s8 kernels on AVX2/AVX-512 use instructions that can saturate on full 8-bit weights, hence reduce_range there

@@ -1,10 +1,10 @@
-"""The results contract: one Parquet file per variant, written atomically; reading a whole experiment back."""
+"""The results contract: one Parquet file per variant, written atomically; reading a whole experiment back.
+
+No torch and no Ray here: the driver writes rows, and the analysis and `kdsweep status` read them.
+"""
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import storage
+from .errors import ResultError, one_line
 
 # column -> arrow type; the order is the contract's order (DESIGN.md), extras after
 SCHEMA = pa.schema([
@@ -27,7 +28,8 @@ SCHEMA = pa.schema([
     # extras: identity, lineage, and the evidence that shared work was done once
     ("key", pa.string()), ("parent", pa.string()), ("arch", pa.string()),
     ("epochs_run", pa.int64()), ("train_runs", pa.int64()), ("teacher_forward_images", pa.int64()),
-    ("teacher_logits", pa.string()), ("conv_sparsity", pa.float64()), ("node", pa.string()), ("node_ip", pa.string()), ("node_id", pa.string()), ("gpu_ids", pa.string()),
+    ("teacher_logits", pa.string()), ("conv_sparsity", pa.float64()), ("node", pa.string()), ("node_ip", pa.string()),
+    ("node_id", pa.string()), ("gpu_ids", pa.string()),
     ("trial_start", pa.float64()), ("trial_end", pa.float64()),
     # compression and runtimes: one row per (variant, runtime, device); training columns repeat on each
     ("runtime", pa.string()), ("precision", pa.string()), ("prune_method", pa.string()), ("macs", pa.int64()),
@@ -37,30 +39,6 @@ SCHEMA = pa.schema([
     ("axes", pa.string()),
 ])
 COLUMNS = SCHEMA.names
-
-
-class ResultError(RuntimeError):
-    """A result file is unreadable; the message names the path."""
-
-
-def provenance() -> dict:
-    """Versions and git sha that produced a row."""
-    import ray
-    import torch
-
-    from . import __version__
-
-    return {"kdsweep_version": __version__, "torch_version": torch.__version__, "ray_version": ray.__version__,
-            "git_sha": _git_sha(), "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-
-
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def write_rows(rows: list[dict], path: str | Path) -> None:
@@ -74,17 +52,12 @@ def write_rows(rows: list[dict], path: str | Path) -> None:
     storage.write_bytes(path, buf.getvalue())
 
 
-def write_row(row: dict, path: str | Path) -> None:
-    """Write a variant's single row (see write_rows)."""
-    write_rows([row], path)
-
-
 def read_rows(path: str | Path) -> list[dict]:
     """Every row of one result file (files written before runtimes became rows hold one); damage is a ResultError."""
     try:
         rows = pq.read_table(pa.BufferReader(storage.read_bytes(path))).to_pylist()
     except (pa.ArrowException, OSError) as exc:
-        raise ResultError(f"{path}: unreadable result file ({exc.__class__.__name__}: {exc})") from None
+        raise ResultError(f"{path}: unreadable result file ({one_line(exc)})") from None
     if not rows:
         raise ResultError(f"{path}: unreadable result file (no rows)")
     return rows
@@ -100,11 +73,3 @@ def read_results(results_dir: str | Path) -> pd.DataFrame:
     files = storage.listdir(results_dir, ".parquet")
     rows = [r for f in files for r in read_rows(f)]
     return pd.DataFrame(rows, columns=COLUMNS)
-
-
-def now() -> float:
-    return datetime.now(timezone.utc).timestamp()
-
-
-def hostname() -> str:
-    return os.uname().nodename

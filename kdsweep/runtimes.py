@@ -7,17 +7,15 @@ import math
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from .measure import device_label
+from .names import DEVICES, RUNTIMES
 
-RUNTIMES = ("torch", "onnxruntime", "tensorrt")  # names accepted in the config key measure.runtimes
-DEVICES = ("cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")  # int8: quantized ONNX models, which only ORT runs
 _PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -39,7 +37,7 @@ def runtime_problem(runtime: str, device: str) -> str | None:
     return _ort_problem(runtime == "tensorrt", device)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ort_problem(tensorrt: bool, device: str) -> str | None:
     """Try the execution provider on a one-node model: ORT lists providers whose libraries may still be missing."""
     try:
@@ -48,7 +46,7 @@ def _ort_problem(tensorrt: bool, device: str) -> str | None:
         return "onnxruntime is not installed"
     if tensorrt:
         try:
-            import tensorrt  # noqa: F401 - ORT's TensorRT provider needs the libraries this package brings
+            import tensorrt  # ORT's TensorRT provider needs the libraries this package brings
         except ImportError:
             return "the tensorrt Python package is not installed"
     want = _PROVIDER["tensorrt" if tensorrt else device]
@@ -71,9 +69,9 @@ def _identity_model() -> bytes:
                              ir_version=onnx.IR_VERSION_2023_5_5).SerializeToString()
 
 
-def runtime_label(runtime: str, device: str) -> str:
-    """'torch' | 'onnxruntime-cpu' | 'onnxruntime-cuda' | 'tensorrt': the runtime as results name it."""
-    return f"onnxruntime-{device}" if runtime == "onnxruntime" else runtime
+def device_label(device: torch.device) -> str:
+    """`cuda:<GPU name>` or `cpu`: where a latency was measured, as result rows name it."""
+    return f"cuda:{torch.cuda.get_device_name(device)}" if device.type == "cuda" else "cpu"
 
 
 def ort_session(onnx: bytes, device: str, threads: int, tensorrt: bool = False):

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ray.tune.search import Searcher
 
 from . import storage
+from .errors import last_line
 
-RANK = {"teacher": 0, "logits": 1, "student": 2, "baseline": 3, "pruned": 4, "quantized": 5, "latency": 6}
+# which ready task a free slot takes first: the teacher, its logits, then the KD students (every pruned variant waits
+# on one), the no-KD baseline, pruned and quantized variants; latency last, once all training is over
+PRIORITY = ("teacher", "logits", "student", "baseline", "pruned", "quantized", "latency")
+RANK = {kind: i for i, kind in enumerate(PRIORITY)}
 
 
 @dataclass(frozen=True)
@@ -30,10 +34,6 @@ class Task:
     stage: str  # teacher | baseline | student | pruned | quantized | logits | latency
     deps: tuple[str, ...] = ()
     payload: dict = field(default_factory=dict, hash=False, compare=False)
-
-
-def _short(reason: str) -> str:
-    return reason.strip().splitlines()[-1][:300] if reason else ""
 
 
 class DagSearcher(Searcher):
@@ -54,7 +54,7 @@ class DagSearcher(Searcher):
         storage.write_bytes(signals, b"{}")
 
     # Tune's Searcher interface ---------------------------------------------------------------------------------
-    def set_search_properties(self, metric, mode, config, **spec) -> bool:  # noqa: ANN001
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: object) -> bool:
         return True
 
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
@@ -84,7 +84,7 @@ class DagSearcher(Searcher):
         elif result.get("status") == "ok":
             status = "ok"
         else:
-            status = f"{result.get('status', 'failed')}: {_short(str(result.get('error') or 'no reason given'))}"
+            status = f"{result.get('status', 'failed')}: {last_line(str(result.get('error') or 'no reason given'))}"
         self._finish(self.by_id[task_id], status, result)
 
     # internals ------------------------------------------------------------------------------------------------

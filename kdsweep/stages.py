@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import zstandard
@@ -17,12 +17,15 @@ from torch import nn
 from . import storage
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, stage_augment
-from .data import Dataset, ViewSpec, make_views
-from .engine import DivergedError, TrainSpec, recalibrate_bn, teacher_logits, train
-from .measure import accuracy, count_macs, device_label, model_size, predict
+from .data import ViewSpec, make_views
+from .dataset import Dataset
+from .engine import TrainSpec, recalibrate_bn, teacher_logits, train
+from .errors import DivergedError, ExportError, one_line
+from .measure import accuracy, count_macs, model_size, predict
 from .models import build_model, set_bn_momentum
-from .paths import Paths, read_record  # noqa: F401 - where they lived before paths.py; callers import them from here
-from .plan import STRUCTURED, Variant, teacher_of, variant_config
+from .names import ONNX_RUNTIMES, STRUCTURED, runtime_label
+from .paths import Paths, read_record
+from .plan import Variant, teacher_of, variant_config
 from .pruning import apply_pruning, make_permanent, sparsity_report
 
 # images of the test split that every ONNX export is checked on against PyTorch (batch > 1: the batch axis is dynamic)
@@ -54,7 +57,7 @@ def load_model(cfg: Config, v: Variant, paths: Paths, num_classes: int) -> nn.Mo
 
 def needs_onnx(cfg: Config) -> bool:
     """Whether the sweep's variants are exported to ONNX (an ONNX runtime is timed, or INT8 is built from it)."""
-    return bool({"onnxruntime", "tensorrt"} & set(cfg.measure.runtimes)) or "int8" in cfg.quantize.method
+    return bool(set(ONNX_RUNTIMES) & set(cfg.measure.runtimes)) or "int8" in cfg.quantize.method
 
 
 def runtime_rows(cfg: Config, v: Variant, devices: list[str]) -> list[tuple[str, str]]:
@@ -185,8 +188,9 @@ def _prune_structured(cfg: Config, v: Variant, paths: Paths, model: nn.Module) -
 
 
 def export_variant(cfg: Config, v: Variant, paths: Paths, model: nn.Module, data: Dataset, view: ViewSpec) -> dict:
-    """Export a trained fp32 model to ONNX next to its weights, checked against PyTorch; record fields (or the error)."""
-    from .export import ExportError, export_onnx
+    """Export a trained fp32 model to ONNX next to its weights, checked against PyTorch: its record fields, or the
+    error."""
+    from .export import export_onnx  # imports onnx: only where a model is exported
 
     check = make_views(data.test_x[:EXPORT_CHECK_IMAGES], view)
     try:
@@ -260,7 +264,7 @@ def measure_latencies(cfg: Config, variants: list[Variant], paths: Paths, data: 
     Returns (and writes to each variant's latency.json) one entry per (runtime, device): the timing, or the error
     that kept that runtime from running the variant (the other runtimes and variants go on).
     """
-    from .runtimes import ort_session, ort_runner, runtime_label, time_interleaved, torch_runner
+    from .runtimes import device_label, ort_runner, ort_session, time_interleaved, torch_runner
 
     out: dict[str, list[dict]] = {v.key: [] for v in variants}
     for dev in devices:
@@ -282,7 +286,7 @@ def measure_latencies(cfg: Config, variants: list[Variant], paths: Paths, data: 
                         runner = ort_runner(ort_session(onnx, dev, threads, tensorrt=rt == "tensorrt"),
                                             vc.data.image_size, v.precision)
                 except Exception as exc:  # noqa: BLE001 - one runtime failing on one model must not stop the rest
-                    out[v.key].append(entry | extra | {"error": f"{label}: {_one_line(exc)}"})
+                    out[v.key].append(entry | extra | {"error": f"{label}: {one_line(exc)}"})
                     continue
                 runners[f"{v.key}|{label}"] = runner
                 meta[f"{v.key}|{label}"] = (v.key, entry | extra)
@@ -307,8 +311,3 @@ def _onnx_bytes(cfg: Config, v: Variant, paths: Paths, data: Dataset, view: View
     if extra.get("export_error"):
         raise RuntimeError(extra["export_error"])
     return storage.read_bytes(paths.onnx(v)), extra
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{exc.__class__.__name__}: {text[0][:300] if text else ''}"

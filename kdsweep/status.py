@@ -3,30 +3,25 @@ runs, after the driver died, and on a finished experiment, on local/NFS paths an
 
 A variant is `ok`, `failed` or `skipped` once its result file exists (written after the sweep's latency timing),
 `trained` (or `failed`) once its trial wrote its record. Before that, the trial training it rewrites its
-`trial.json` (pid, node, epoch) every `HEARTBEAT_S` seconds: a fresh heartbeat means `running`, a stale one (or, on
-this machine, a process that is gone) `interrupted` (its driver or node died; a rerun resumes it from its last epoch
-checkpoint), none `pending`.
+`trial.json` (pid, node, epoch) every `heartbeat.HEARTBEAT_S` seconds: a fresh heartbeat means `running`, a stale
+one (or, on this machine, a process that is gone) `interrupted` (its driver or node died; a rerun resumes it from its
+last epoch checkpoint), none `pending`.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 
 from . import storage
 from .analysis.load import load_experiment
-from .config import ConfigError, load_config
+from .config import load_config
+from .errors import ConfigError, StatusError
+from .heartbeat import is_running
 from .paths import Paths, read_record
 from .plan import Variant, planned_epochs
 
-HEARTBEAT_S = 30.0  # a training trial rewrites its trial.json this often
-STALE_S = 120.0  # no heartbeat for this long: nothing is training that variant any more
 DONE = ("ok", "trained", "failed", "skipped")  # trained: its latency is timed once all training has finished
 STATES = (*DONE, "running", "interrupted", "pending")
-
-
-class StatusError(ValueError):
-    """The path is not a kdsweep experiment (exit 2)."""
 
 
 @dataclass
@@ -83,28 +78,6 @@ def eta_seconds(finished: list[tuple[str, int, float]], remaining: list[tuple[st
     return work / max(1, at_once)
 
 
-def _alive(trial: dict) -> bool:
-    """False when the trial ran on this machine and its process is gone (its heartbeat may still look fresh)."""
-    import os
-
-    from .results import hostname
-
-    pid = trial.get("pid")
-    if trial.get("node") != hostname() or not isinstance(pid, int):
-        return True  # another node: only the heartbeat's age can tell
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed process whose parent died too lingers as a zombie until it is reaped
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return True
-
-
 def experiment_status(experiment: str, now: float | None = None) -> Status:
     """The state of every planned variant of `experiment` (a folder or URI), the best accuracy so far and an ETA."""
     now = time.time() if now is None else now
@@ -133,8 +106,7 @@ def experiment_status(experiment: str, now: float | None = None) -> Status:
         elif (rec := read_record(paths.record(v))) is not None:
             st.state = "trained" if rec.get("status") == "ok" else "failed"
         elif (t := read_record(paths.trial(v))) is not None:
-            beat = float(t.get("beat", t.get("start", 0)))
-            st.state = "running" if now - beat < STALE_S and _alive(t) else "interrupted"
+            st.state = "running" if is_running(t, now) else "interrupted"
             st.epoch, st.node = int(t.get("epoch", 0)), str(t.get("node", ""))
         if rec is not None:
             st.error = rec["error"] if isinstance(rec.get("error"), str) else ""
@@ -191,40 +163,3 @@ def format_status(st: Status, width: int = 12) -> str:
     if any(v.state == "interrupted" for v in st.variants):
         lines.append("  interrupted variants resume from their last epoch when the same `kdsweep run` is started again")
     return "\n".join(lines + [f"  warning: {n}" for n in st.notes])
-
-
-class Heartbeat:
-    """Keeps a training trial's `trial.json` fresh: written on entry, after every epoch (`epoch(n)`) and every
-    `HEARTBEAT_S` seconds from a daemon thread, so `kdsweep status` can tell a running trial from a dead one."""
-
-    def __init__(self, path: str, info: dict, every: float = HEARTBEAT_S):
-        import threading
-
-        self.path, self.info, self.every = path, dict(info, epoch=0), every
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="kdsweep-heartbeat")
-
-    def write(self) -> None:
-        with self._lock:
-            try:
-                storage.write_bytes(self.path, json.dumps(self.info | {"beat": time.time()}).encode())
-            except OSError:
-                pass  # a missed beat must not fail the training it reports on
-
-    def epoch(self, n: int) -> None:
-        self.info["epoch"] = int(n)
-        self.write()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every):
-            self.write()
-
-    def __enter__(self) -> "Heartbeat":
-        self.write()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()

@@ -6,18 +6,26 @@ endpoints (MinIO, moto, ...) are reached through the usual AWS environment varia
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
-
-from .fileio import atomic_write_bytes
 
 
 def is_local(location: str | os.PathLike) -> bool:
     """Whether `location` is a plain path or a file:// URI (else an object store or other remote filesystem)."""
     text = os.fspath(location)
     return "://" not in text or text.startswith("file://")
+
+
+def local_path(location: str | os.PathLike) -> str:
+    """The filesystem path of a local location: a file:// URI's path, or a plain path as given (`~` expanded)."""
+    text = os.fspath(location)
+    if text.startswith("file://"):
+        return pafs.FileSystem.from_uri(text)[1]
+    return os.path.expanduser(text)
 
 
 def _s3(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -62,7 +70,7 @@ def basename(location: str | os.PathLike) -> str:
 def read_bytes(location: str | os.PathLike) -> bytes:
     """The whole file; FileNotFoundError/OSError if absent or unreadable."""
     if is_local(location):
-        with open(resolve(location)[1], "rb") as f:
+        with open(local_path(location), "rb") as f:
             return f.read()
     fs, path = resolve(location)
     with fs.open_input_stream(path) as f:
@@ -73,14 +81,33 @@ def read_text(location: str | os.PathLike) -> str:
     return read_bytes(location).decode()
 
 
-def write_bytes(location: str | os.PathLike, data: bytes) -> None:
-    """Write `data` so readers never see a partial file: temp + fsync + rename locally; one PUT on an object store."""
+def write_bytes(location: str | os.PathLike, data: bytes | memoryview) -> None:
+    """Write `data` so readers never see a partial file: temp + fsync + rename locally; one PUT on an object store.
+
+    The one atomic write of kdsweep: results, records, checkpoints, ONNX files and analysis outputs all come here."""
     if is_local(location):
-        atomic_write_bytes(resolve(location)[1], data)
+        _atomic_write(local_path(location), data)
         return
     fs, path = resolve(location)
     with fs.open_output_stream(path) as f:  # the object appears only when the upload completes
         f.write(data)
+
+
+def _atomic_write(path: str, data: bytes | memoryview) -> None:
+    """Write to a temp file beside `path`, fsync, then rename: a crash leaves the old file or the new one."""
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")  # hidden: listdir skips it
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def info(location: str | os.PathLike) -> pafs.FileInfo:
@@ -91,7 +118,7 @@ def info(location: str | os.PathLike) -> pafs.FileInfo:
 def exists(location: str | os.PathLike) -> bool:
     """Whether `location` is an existing file (not a folder)."""
     if is_local(location):
-        return os.path.isfile(resolve(location)[1])
+        return os.path.isfile(local_path(location))
     return info(location).type == pafs.FileType.File
 
 
@@ -108,25 +135,17 @@ def listdir(location: str | os.PathLike, suffix: str = "") -> list[str]:
 def remove(location: str | os.PathLike) -> None:
     """Delete a file; absent is fine."""
     fs, path = resolve(location)
-    try:
+    with contextlib.suppress(FileNotFoundError):
         fs.delete_file(path)
-    except FileNotFoundError:
-        pass
 
 
 def move(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Rename a file (copy + delete on an object store)."""
     if is_local(src):
-        os.replace(resolve(src)[1], resolve(dst)[1])
+        os.replace(local_path(src), local_path(dst))
         return
     fs, a = resolve(src)
     fs.move(a, resolve(dst)[1])
-
-
-def makedirs(location: str | os.PathLike) -> None:
-    """Create a folder and its parents locally; object stores have no folders to create."""
-    if is_local(location):
-        os.makedirs(resolve(location)[1], exist_ok=True)
 
 
 def check_reachable(location: str | os.PathLike) -> None:

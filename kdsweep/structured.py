@@ -8,11 +8,12 @@ import torch_pruning as tp
 from torch import nn
 from torchvision.models.shufflenetv2 import InvertedResidual as ShuffleBlock
 
-from .models import ModelError, classifier, skeleton
+from .errors import ModelError, one_line
+from .models import classifier, skeleton
+from .names import STRUCTURED, UNSTRUCTURED
 
 HISTORY_FORMAT = "torch-pruning"
 SCOPES = ("layer", "global")
-METHOD = "l1_structured"
 
 
 def _example_input(model: nn.Module, image_size: int) -> torch.Tensor:
@@ -50,7 +51,7 @@ def unsupported(model: nn.Module) -> str | None:
 def arch_problem(arch: str) -> str | None:
     """Why `prune.method: l1_structured` cannot prune `arch` (one line, for config validation), or None if it can."""
     reason = unsupported(skeleton(arch))
-    return f"{METHOD} cannot prune {arch}: {reason}; use l1_unstructured" if reason else None
+    return f"{STRUCTURED} cannot prune {arch}: {reason}; use {UNSTRUCTURED}" if reason else None
 
 
 def _prepare(model: nn.Module) -> bool:
@@ -82,9 +83,10 @@ def structured_prune(model: nn.Module, amount: float, image_size: int, round_to:
     label = arch or type(model).__name__
     reason = unsupported(model)
     if reason:
-        raise ValueError(f"prune.method: {METHOD} cannot prune {label}: {reason}; use l1_unstructured")
+        raise ValueError(f"prune.method: {STRUCTURED} cannot prune {label}: {reason}; use {UNSTRUCTURED}")
     # the distribution's version: torch_pruning 1.6.1 still reports __version__ == "1.6.0"
-    history = {"format": HISTORY_FORMAT, "torch_pruning": version("torch-pruning"), "amount": amount, "round_to": round_to,
+    history = {"format": HISTORY_FORMAT, "torch_pruning": version("torch-pruning"), "amount": amount,
+               "round_to": round_to,
                "scope": scope, "image_size": image_size, "steps": []}
     if amount == 0:
         return history
@@ -102,9 +104,8 @@ def structured_prune(model: nn.Module, amount: float, image_size: int, round_to:
             with torch.no_grad():
                 model(example)  # a graph torch-pruning misread shows up as a shape error here, not in training
         except Exception as exc:  # noqa: BLE001 - torch-pruning fails in many ways on graphs it cannot follow
-            raise ValueError(f"prune.method: {METHOD} cannot prune {label}: torch-pruning failed "
-                             f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                             f"use l1_unstructured") from None
+            raise ValueError(f"prune.method: {STRUCTURED} cannot prune {label}: torch-pruning failed "
+                             f"({one_line(exc, limit=10_000)}); use {UNSTRUCTURED}") from None
     finally:
         model.train(was_training)
     # lists, not tuples, so the history equals its own JSON round trip (what replay receives from disk)
@@ -126,7 +127,7 @@ def replay(model: nn.Module, history: dict) -> None:
             try:
                 graph.load_pruning_history(history["steps"])
             except (AttributeError, IndexError, RuntimeError) as exc:
-                raise ValueError(f"pruning history does not fit this model ({exc.__class__.__name__}: {exc}); "
+                raise ValueError(f"pruning history does not fit this model ({one_line(exc)}); "
                                  f"was it recorded on another arch?") from None
     finally:
         model.train(was_training)

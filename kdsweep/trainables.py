@@ -1,37 +1,24 @@
-"""Thin Ray Tune trainables: fetch the shared dataset, train one variant through `stages`, report per epoch."""
+"""Thin Ray Tune trainables: fetch the shared dataset, train one variant through `stages`, report per epoch.
+
+What a trial process imports starts here: the training stack and Ray, never the analysis or matplotlib.
+"""
 from __future__ import annotations
 
 import ctypes
 import os
 import sys
-import warnings
 
-import numpy as np
 import ray
 import torch
 from ray import tune
 
 from .config import Config
-from .data import Dataset
+from .dataset import Dataset, from_arrays
+from .heartbeat import Heartbeat, hostname, now
+from .paths import Paths, read_record
 from .plan import Variant, planned_epochs
-from .results import hostname, now
 from .schedule import wait_for
-from .stages import Paths, ensure_teacher_logits, measure_latencies, read_record, train_variant
-from .status import Heartbeat
-
-
-def dataset_to_arrays(ds: Dataset) -> dict:
-    """Plain numpy arrays: Ray's object store shares them zero-copy with every trial on a node."""
-    return {"name": ds.name, "classes": list(ds.classes), **{k: getattr(ds, k).numpy()
-            for k in ("train_x", "train_y", "test_x", "test_y")}}
-
-
-def dataset_from_arrays(d: dict) -> Dataset:
-    """Inverse of dataset_to_arrays, without copying (the arrays are read-only; kdsweep never writes to them)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "non-writable array" - intended, see above
-        t = {k: torch.from_numpy(np.asarray(d[k])) for k in ("train_x", "train_y", "test_x", "test_y")}
-    return Dataset(d["name"], t["train_x"], t["train_y"], t["test_x"], t["test_y"], tuple(d["classes"]))
+from .stages import ensure_teacher_logits, measure_latencies, train_variant
 
 
 def trial_device() -> torch.device:
@@ -46,7 +33,7 @@ def _context(shared: list) -> tuple[Config, Paths, dict[str, Variant], Dataset]:
     cfg = Config.model_validate(ctx["config"])
     plan = {d["key"]: Variant.from_dict(d["variant"]) for d in ctx["plan"]}
     torch.set_num_threads(max(1, int(ctx["cpus_per_trial"])))
-    return cfg, Paths(ctx["root"]), plan, dataset_from_arrays(ray.get(ctx["data"]))
+    return cfg, Paths(ctx["root"]), plan, from_arrays(ray.get(ctx["data"]))
 
 
 # glibc's malloc_trim, looked up once (the process's own symbols include libc's); None off glibc

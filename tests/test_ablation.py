@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from kdsweep.config import ConfigError, load_config
+from kdsweep.config import load_config
+from kdsweep.errors import ConfigError
+from kdsweep.paths import Paths
 from kdsweep.plan import make_plan
-from kdsweep.stages import Paths
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")

@@ -15,11 +15,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kdsweep.analysis import (FacetError, analyze, axis_value, expand_axes, facet_axis, headline_table,
-                              load_experiment, marginal, metrics_grid, pareto_front, t_critical, tradeoff_tables,
-                              tradeoffs_markdown)
+from kdsweep.analysis import (
+    FacetError,
+    analyze,
+    axis_value,
+    expand_axes,
+    facet_axis,
+    headline_table,
+    load_experiment,
+    marginal,
+    metrics_grid,
+    pareto_front,
+    t_critical,
+    tradeoff_tables,
+    tradeoffs_markdown,
+)
 from kdsweep.cli import main
-from kdsweep.results import SCHEMA, ResultError, read_results, read_row, write_rows
+from kdsweep.errors import ResultError
+from kdsweep.results import SCHEMA, read_results, read_row, write_rows
 
 # the result columns before runtimes, precision and pruning methods were recorded (issue 13): old experiments have
 # exactly these, one row per variant
@@ -33,18 +46,18 @@ OLD_COLUMNS = ("variant", "stage", "temperature", "alpha", "prune_amount", "seed
 T975_DF1 = 12.7062  # Student's t, 0.975 quantile, 1 degree of freedom (two seeds)
 
 
-def key_of(stage: str, seed: int, t=None, a=None, p=None) -> str:  # noqa: ANN001
+def key_of(stage: str, seed: int, t=None, a=None, p=None) -> str:
     parts = [stage] + ([f"T{t:g}", f"a{a:g}"] if stage in ("student", "pruned") else [])
     return "-".join(parts + ([f"p{p:g}"] if stage == "pruned" else []) + [f"s{seed}"])
 
 
-def label_of(stage: str, t=None, a=None, p=None) -> str:  # noqa: ANN001
+def label_of(stage: str, t=None, a=None, p=None) -> str:
     if stage in ("teacher", "baseline"):
         return {"teacher": "teacher", "baseline": "student-ce (no KD)"}[stage]
     return f"student-kd T={t:g} a={a:g}" + (f" p={p:g}" if stage == "pruned" else "")
 
 
-def put(exp: Path, stage: str, seed: int = 0, t=None, a=None, p=None, acc=None, lat=None, nz=None,  # noqa: ANN001
+def put(exp: Path, stage: str, seed: int = 0, t=None, a=None, p=None, acc=None, lat=None, nz=None,
         status: str = "ok", error: str | None = None) -> str:
     """Write one result file the way the sweep did before runtimes existed: one row, the old columns only."""
     key = key_of(stage, seed, t, a, p)
@@ -131,12 +144,12 @@ def test_pareto_front_keeps_exact_ties_and_drops_dominated() -> None:
 def two_seed_exp(tmp_path: Path) -> Path:
     """Two seeds with round numbers: every mean, std, CI and delta below is computable by hand."""
     exp = tmp_path / "seeds"
-    for seed, (ta, ba, s4, s2, pa) in enumerate([(0.90, 0.80, 0.85, 0.80, 0.83), (0.92, 0.84, 0.87, 0.90, 0.83)]):
+    for seed, (ta, ba, s4, s2, pr) in enumerate([(0.90, 0.80, 0.85, 0.80, 0.83), (0.92, 0.84, 0.87, 0.90, 0.83)]):
         put(exp, "teacher", seed, acc=ta, lat=4.0 + 2 * seed, nz=40.0)
         put(exp, "baseline", seed, acc=ba, lat=2.0, nz=6.0)
         put(exp, "student", seed, t=4, a=0.9, acc=s4, lat=2.0, nz=6.0)
         put(exp, "student", seed, t=2, a=0.9, acc=s2, lat=2.0, nz=6.0)
-        put(exp, "pruned", seed, t=4, a=0.9, p=0.5, acc=pa, lat=1.5, nz=3.0)
+        put(exp, "pruned", seed, t=4, a=0.9, p=0.5, acc=pr, lat=1.5, nz=3.0)
     return exp
 
 
@@ -207,7 +220,8 @@ def test_headline_of_a_sweep_where_every_variant_failed_lists_them(tmp_path: Pat
     put(exp, "teacher", status="failed", error="RuntimeError: Input type and weight type should be the same")
     put(exp, "baseline", status="skipped", error="teacher failed")
     text = headline_table(read_results(exp / "results"))
-    assert "2 variants: 1 failed, 1 skipped" in text and "not ok: teacher (failed); student-ce (no KD) (skipped)" in text
+    assert "2 variants: 1 failed, 1 skipped" in text
+    assert "not ok: teacher (failed); student-ce (no KD) (skipped)" in text
 
 
 def test_failed_variant_listed_with_status_and_error_not_dropped(tmp_path: Path) -> None:
@@ -343,7 +357,7 @@ DEVICES = {"torch-cpu": ("torch", "cpu"), "torch-cuda": ("torch", GPU), "onnxrun
 
 
 def put_long(exp: Path, key: str, label: str, stage: str, seed: int = 0, latency: dict | None = None,
-             ci: float = 0.01, **columns) -> str:  # noqa: ANN003
+             ci: float = 0.01, **columns) -> str:
     """Write one variant's result file as the sweep does now: one row per (runtime, device), training columns repeated.
 
     `latency` maps a runtime label (torch-cpu, onnxruntime-cuda, ...) to its median ms; none (failed) gives one row.
@@ -371,7 +385,7 @@ ALL4 = ("onnxruntime-cuda", "onnxruntime-cpu", "torch-cuda", "torch-cpu")
 def runtime_exp(tmp_path: Path) -> Path:
     """A hand-built experiment in the long format: fp32 variants timed on four runtimes, INT8 ones on ORT CPU only."""
     exp = tmp_path / "runtimes"
-    lat = lambda *ms: dict(zip(ALL4, ms))  # noqa: E731
+    lat = lambda *ms: dict(zip(ALL4, ms))
     put_long(exp, "teacher-s0", "teacher", "teacher", test_acc=0.95, latency=lat(0.8, 12.0, 2.0, 20.0), **fp32(10**7))
     put_long(exp, "baseline-s0", "student-ce (no KD)", "baseline", test_acc=0.85, alpha=0.0,
              latency=lat(0.5, 3.0, 1.5, 5.0), **fp32(1_500_000))
@@ -612,7 +626,7 @@ def lab(base: str, values: dict) -> str:
 
 
 def put_swept(exp: Path, key: str, base: str, stage: str, values: dict, seed: int = 0,
-              **columns) -> str:  # noqa: ANN003
+              **columns) -> str:
     """One variant of a sweep as the sweeper writes it: `axes` as canonical JSON, key and label carrying the values."""
     suffix = f"-student.arch={values['student.arch']}" if "student.arch" in values else ""
     axes = json.dumps(values, sort_keys=True, separators=(",", ":")) if values else None

@@ -1,4 +1,4 @@
-"""Any torchvision / timm classifier as teacher or student: build, train, prune (both ways), save and reload, validate."""
+"""Any torchvision / timm classifier as teacher or student: build, train, prune (both ways), save, reload, validate."""
 from __future__ import annotations
 
 import copy
@@ -10,11 +10,12 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from kdsweep import models, structured
-from kdsweep.config import ConfigError, load_config
+from kdsweep import models, preflight, structured
+from kdsweep.config import load_config
 from kdsweep.data import digits_arrays
+from kdsweep.errors import ConfigError, ModelError
 from kdsweep.measure import count_macs
-from kdsweep.models import ModelError, arch_problem, build_model, count_params, input_problem
+from kdsweep.models import arch_problem, build_model, count_params, input_problem
 from kdsweep.pruning import apply_pruning, make_permanent, sparsity_report
 from kdsweep.structured import replay, structured_prune
 
@@ -340,11 +341,14 @@ def _cfg(student: dict) -> dict:
 
 @pytest.mark.parametrize("arch", ["mobilenet_v2", "timm:resnet10t"])
 def test_config_accepts_a_new_arch(arch):
-    assert load_config(_cfg({"arch": arch})).student.arch == arch
+    cfg = load_config(_cfg({"arch": arch}))
+    preflight.check(cfg)
+    assert cfg.student.arch == arch
 
 
-def test_config_names_the_key_of_a_bad_arch():
+def test_preflight_names_the_key_of_a_bad_arch():
+    cfg = load_config(_cfg({"arch": "mobilenet_v5"}))  # the schema does not ask torchvision: preflight does
     with pytest.raises(ConfigError) as info:
-        load_config(_cfg({"arch": "mobilenet_v5"}))
+        preflight.check(cfg)
     msg = str(info.value)
-    assert "student.arch" in msg and "did you mean mobilenet_v2" in msg and "\n" not in msg
+    assert msg.startswith("config key 'student.arch': ") and "did you mean mobilenet_v2" in msg and "\n" not in msg

@@ -11,8 +11,8 @@ from torchvision.transforms.v2 import RandAugment
 
 from kdsweep import augment as A
 from kdsweep.config import DataConfig
-from kdsweep.data import (Dataset, ViewSpec, augment_params, digits_arrays, epoch_order, make_views, train_batches,
-                          train_views)
+from kdsweep.data import ViewSpec, augment_params, digits_arrays, epoch_order, make_views, train_batches, train_views
+from kdsweep.dataset import Dataset
 from kdsweep.engine import TrainSpec, teacher_logits, train
 from kdsweep.measure import accuracy
 
@@ -53,7 +53,7 @@ def _views(x_all, idx, spec, aug, bs):
 def test_randaugment_ops_are_torchvisions(digits):
     """Same op list, magnitudes and pixels as torchvision's RandAugment, applied to a batch at once."""
     tv = RandAugment()
-    assert A.RANDAUGMENT_OPS == tuple(tv._AUGMENTATION_SPACE)
+    assert tuple(tv._AUGMENTATION_SPACE) == A.RANDAUGMENT_OPS
     tint = torch.tensor([1.0, 0.7, 0.4])[:, None, None]  # digits are grey: colour them so Color has work to do
     x = (digits.train_x[:6] * tint).round().to(torch.uint8)
     for op in A.RANDAUGMENT_OPS:
@@ -96,9 +96,9 @@ def test_randaugment_is_per_sample_and_changes_images(digits):
 def test_randaugment_magnitude_and_num_ops_matter(digits):
     idx = torch.arange(24)
     x = digits.train_x[idx]
-    mk = lambda **kw: ViewSpec(32, "none", ("randaugment",), **kw)  # noqa: E731
+    mk = lambda **kw: ViewSpec(32, "none", ("randaugment",), **kw)
     weak, strong = mk(randaugment_magnitude=1), mk(randaugment_magnitude=25)
-    dist = lambda s: (make_views(x, s, augment_params(0, 0, 24, s), idx) - make_views(x, s)).abs().mean()  # noqa: E731
+    dist = lambda s: (make_views(x, s, augment_params(0, 0, 24, s), idx) - make_views(x, s)).abs().mean()
     assert dist(strong) > 2 * dist(weak)
     assert augment_params(0, 0, 24, mk(randaugment_ops=3)).ops.shape == (24, 3)
 
@@ -116,7 +116,7 @@ def test_new_draws_leave_flip_and_crop_and_are_pure():
         assert torch.equal(getattr(a, f), getattr(b, f)), f
     assert torch.equal(a.partner.sort().values, torch.arange(300))  # a permutation of the whole training set
     assert not torch.equal(a.partner, epoch_order(5, 3, 300))  # its own stream, not the sample order
-    assert float(a.lam.min()) >= 0 and float(a.lam.max()) <= 1 and 0 <= float(a.center.min())
+    assert float(a.lam.min()) >= 0 and float(a.lam.max()) <= 1 and float(a.center.min()) >= 0
     c = augment_params(5, 4, 300, spec)
     assert not torch.equal(a.partner, c.partner) and not torch.equal(a.lam, c.lam)
     assert not torch.equal(a.ops, c.ops)
@@ -249,7 +249,7 @@ def test_baseline_loss_with_mixup_is_the_lambda_weighted_ce(small):
     with torch.no_grad():
         logp = torch.log_softmax(model2(v.x), 1)
     y, yb = small.train_y[idx], small.train_y[v.partner]
-    ce = lambda t: -(0.9 * logp.gather(1, t[:, None])[:, 0] + 0.1 * logp.mean(1))  # noqa: E731 smoothed CE
+    ce = lambda t: -(0.9 * logp.gather(1, t[:, None])[:, 0] + 0.1 * logp.mean(1))  # smoothed CE
     want = (v.lam * ce(y) + (1 - v.lam) * ce(yb)).mean()
     assert hist[0]["train_loss"] == pytest.approx(float(want), rel=1e-4)
     assert float((y != yb).float().mean()) > 0.5 and 0.2 < float(v.lam.mean()) < 0.8  # both labels really count

@@ -3,6 +3,7 @@ defaults to: a sweep over two nodes through `--address`, grown by a Ray job. One
 only."""
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -41,10 +42,8 @@ def _stop(temp_dir: str) -> None:
         except psutil.Error:
             pass
     for p in procs.values():
-        try:
+        with contextlib.suppress(psutil.Error):
             p.kill()
-        except psutil.Error:
-            pass
     psutil.wait_procs(list(procs.values()), timeout=10)
 
 
@@ -135,5 +134,6 @@ def test_ray_job_submit_grows_the_sweep_and_a_resubmission_trains_nothing(cluste
     df = read_results(results).set_index("key")
     assert len(df) == 10 and (df.status == "ok").all() and (df.train_runs == 1).all()
     assert (df.loc[before.index, "trial_end"] == before.trial_end).all()  # the --address run's variants: not retrained
-    assert {f.name: f.stat().st_mtime_ns for f in results.glob("*.parquet")} == mtimes  # the resubmission trained nothing
+    # the resubmission trained nothing
+    assert {f.name: f.stat().st_mtime_ns for f in results.glob("*.parquet")} == mtimes
     assert "[sweep] training" not in again.stdout

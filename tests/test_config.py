@@ -9,21 +9,16 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kdsweep.config import (
-    Config,
-    ConfigError,
-    config_hash,
-    load_config,
-    pruned_settings,
-    read_yaml,
-    student_settings,
-    teacher_settings,
-)
+from kdsweep import preflight
+from kdsweep.config import Config, load_config, read_yaml
+from kdsweep.errors import ConfigError
+from kdsweep.hashes import config_hash, pruned_settings, student_settings, teacher_settings
 
 
 def _error(source, overrides=None) -> str:
+    """The one-line error of a config: from the schema, else from the machine checks `run` and `plan` make first."""
     with pytest.raises(ConfigError) as info:
-        load_config(source, overrides)
+        preflight.check(load_config(source, overrides))
     return str(info.value)
 
 
@@ -154,13 +149,29 @@ def test_missing_root_without_download_names_data_root(tmp_path):
     msg = _error({"data": {"dataset": "cifar10", "root": str(missing), "download": False}})
     assert "'data.root'" in msg and str(missing) in msg
     # with download allowed, or for an offline dataset, a missing root is fine
-    assert load_config({"data": {"dataset": "cifar10", "root": str(missing), "download": True}}).data.root == str(missing)
-    assert load_config({"data": {"dataset": "digits", "root": str(missing), "download": False}}).data.dataset == "digits"
+    cfg = load_config({"data": {"dataset": "cifar10", "root": str(missing), "download": True}})
+    preflight.check(cfg)
+    assert cfg.data.root == str(missing)
+    cfg = load_config({"data": {"dataset": "digits", "root": str(missing), "download": False}})
+    preflight.check(cfg)
+    assert cfg.data.dataset == "digits"
 
 
 def test_existing_root_without_download_is_accepted(tmp_path):
     cfg = load_config({"data": {"dataset": "cifar100", "root": str(tmp_path), "download": False}})
+    preflight.check(cfg)
     assert cfg.data.root == str(tmp_path)
+
+
+def test_the_schema_checks_no_machine_and_preflight_does(tmp_path):
+    # what validating a config never does (every trial and `kdsweep status` re-validate one): read the disk or ask
+    # torchvision, torch-pruning or the installed runtimes; preflight, run once by `run` and `plan`, does
+    raw = {"data": {"dataset": "cifar10", "root": str(tmp_path / "no"), "download": False},
+           "student": {"arch": "resnet181"}, "teacher": {"weights": str(tmp_path / "no.pt")}}
+    cfg = load_config(raw)
+    assert (cfg.student.arch, cfg.data.root) == ("resnet181", str(tmp_path / "no"))
+    with pytest.raises(ConfigError, match=r"^config key 'student.arch': .*did you mean resnet18"):
+        preflight.check(cfg)
 
 
 @pytest.mark.parametrize("stage", ["teacher", "student"])
@@ -169,7 +180,9 @@ def test_missing_weights_path_names_the_key(tmp_path, stage):
     msg = _error({stage: {"weights": str(missing)}})
     assert f"'{stage}.weights'" in msg and str(missing) in msg
     missing.write_bytes(b"x")  # any existing file passes validation (its content is checked when loaded)
-    assert getattr(load_config({stage: {"weights": str(missing)}}), stage).weights == str(missing)
+    cfg = load_config({stage: {"weights": str(missing)}})
+    preflight.check(cfg)
+    assert getattr(cfg, stage).weights == str(missing)
 
 
 # --- --set overrides -------------------------------------------------------------------------------------------

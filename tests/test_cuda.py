@@ -15,9 +15,10 @@ import torch
 from kdsweep.config import DataConfig
 from kdsweep.data import ViewSpec, augment_params, load_dataset, train_views
 from kdsweep.engine import TrainSpec, recalibrate_bn, teacher_logits, train
-from kdsweep.measure import accuracy, device_label, latency
+from kdsweep.measure import accuracy
 from kdsweep.models import build_model
 from kdsweep.pruning import apply_pruning, make_permanent
+from kdsweep.runtimes import device_label, time_interleaved, torch_runner
 from kdsweep.structured import structured_prune
 
 pytestmark = pytest.mark.cuda
@@ -25,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 HAS_CUDA = torch.cuda.is_available()
 ON_CPU = os.environ.get("KDSWEEP_CUDA_TESTS_ON_CPU") == "1"
-NO_GPU = "no CUDA GPU here (CI has none): the cuda tests run on a GPU machine; KDSWEEP_CUDA_TESTS_ON_CPU=1 checks them on CPU"
+NO_GPU = ("no CUDA GPU here (CI has none): the cuda tests run on a GPU machine; KDSWEEP_CUDA_TESTS_ON_CPU=1 checks "
+          "them on CPU")
 
 
 @pytest.fixture(scope="module")
@@ -119,17 +121,18 @@ def test_gpu_teacher_logits_match_cpu_and_kd_from_them_trains(dev, digits):
 
 def test_latency_on_the_device_is_named_and_positive(dev):
     model = build_model("mobilenet_v3_small", 10)
-    lat = latency(model, 224, dev, warmup=5, iters=20)
-    assert lat.device == device_label(dev) and 0 < lat.median_ms <= lat.p90_ms
+    runner = torch_runner(model, 224, dev)
+    lat = time_interleaved({"m": runner}, warmup=5, iters=20)["m"]
+    assert runner.device == device_label(dev) and 0 < lat.median_ms <= lat.p90_ms
     if dev.type == "cuda":
-        assert lat.device.startswith("cuda:")
+        assert runner.device.startswith("cuda:")
 
 
 def test_onnxruntime_cuda_provider_runs_what_it_claims(dev):
     import onnxruntime as ort
 
     from kdsweep.export import export_onnx
-    from kdsweep.runtimes import ort_runner, ort_session, time_interleaved
+    from kdsweep.runtimes import ort_runner, ort_session
 
     if dev.type != "cuda":
         pytest.skip("ONNX Runtime's CUDA provider needs a GPU")

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from kdsweep.config import ConfigError, DataConfig, load_config
+from kdsweep import preflight
+from kdsweep.config import DataConfig, load_config
 from kdsweep.data import (
     CROP_PAD,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    DataError,
     ViewSpec,
     augment_params,
     digits_arrays,
@@ -25,6 +25,7 @@ from kdsweep.data import (
     make_views,
     train_batches,
 )
+from kdsweep.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def test_synthetic_sizes_follow_limits():
     assert ds.train_x.shape == (40, 3, 32, 32) and ds.test_x.shape == (12, 3, 32, 32)
     assert ds.train_y.shape == (40,) and ds.test_y.shape == (12,)
     assert ds.train_x.dtype == torch.uint8 and ds.train_y.dtype == torch.int64
-    assert 0 <= int(ds.train_y.min()) and int(ds.train_y.max()) < ds.num_classes == 10
+    assert int(ds.train_y.min()) >= 0 and int(ds.train_y.max()) < ds.num_classes == 10
     default = load_dataset(DataConfig(dataset="synthetic"))
     assert (len(default.train_y), len(default.test_y)) == (1024, 256)
     again = load_dataset(DataConfig(dataset="synthetic", train_limit=40, test_limit=12))
@@ -244,7 +245,8 @@ class _Py2Pickler(pickle._Pickler):
 
     def _save_py2_str(self, obj: bytes) -> None:
         n = len(obj)
-        self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj if n < 256 else pickle.BINSTRING + struct.pack("<i", n) + obj)
+        head = pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)
+        self.write(head + obj)
         self.memoize(obj)
 
     dispatch[bytes] = _save_py2_str
@@ -290,7 +292,8 @@ def _write_cifar10(root: Path, images) -> Path:
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     for i, part in enumerate(np.array_split(np.arange(len(xtr)), 5)):
-        _dump_py2(_batch(xtr[part], ytr[part], b"labels", b"training batch %d of 5" % (i + 1)), folder / f"data_batch_{i + 1}")
+        batch = _batch(xtr[part], ytr[part], b"labels", b"training batch %d of 5" % (i + 1))
+        _dump_py2(batch, folder / f"data_batch_{i + 1}")
     _dump_py2(_batch(xte, yte, b"labels", b"testing batch 1 of 1"), folder / "test_batch")
     _dump_py2({b"num_cases_per_batch": 12, b"label_names": [n.encode() for n in CIFAR10_NAMES], b"num_vis": 3072},
               folder / "batches.meta")
@@ -392,10 +395,11 @@ def test_missing_meta_file_names_the_path(tmp_path, digit_images, no_network):
     assert str(tmp_path / "cifar-100-python" / "meta") in str(info.value)
 
 
-def test_missing_root_is_caught_by_config_validation(tmp_path):
+def test_missing_root_is_caught_by_preflight(tmp_path):
+    cfg = load_config({"data": {"dataset": "cifar10", "root": str(tmp_path / "none"), "download": False}})
     with pytest.raises(ConfigError) as info:
-        load_config({"data": {"dataset": "cifar10", "root": str(tmp_path / "none"), "download": False}})
-    assert "'data.root'" in str(info.value)
+        preflight.check(cfg)
+    assert str(info.value).startswith("config key 'data.root': ")
 
 
 @pytest.mark.parametrize("dataset,folder", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")])

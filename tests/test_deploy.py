@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 from kdsweep.cli import main

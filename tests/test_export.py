@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from kdsweep import export
-from kdsweep.export import ExportError, export_onnx
+from kdsweep.errors import ExportError
+from kdsweep.export import export_onnx
 from kdsweep.models import build_model
 from kdsweep.runtimes import ort_predict, ort_session
 

@@ -15,8 +15,8 @@ from PIL import Image
 from kdsweep import folders
 from kdsweep.cli import main as cli_main
 from kdsweep.config import DataConfig
-from kdsweep.data import DataError, load_dataset
-from kdsweep.folders import DataWarning
+from kdsweep.data import load_dataset
+from kdsweep.errors import DataError, DataWarning
 
 N_CLASSES, N_TRAIN, N_VAL = 10, 4, 2
 # wnids.txt order is deliberately not sorted: it, not the folder names, defines the labels

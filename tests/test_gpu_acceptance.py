@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import gpu_acceptance  # noqa: E402
+import gpu_acceptance  # noqa: E402 - importable once sys.path holds benchmarks/
 
 
 @pytest.mark.slow
@@ -42,7 +42,8 @@ def test_gpu_acceptance_cpu_smoke_writes_every_entry(tmp_path: Path) -> None:
     assert set(x) == {"from_epochs"} and "extrapolation" in x["from_epochs"]["label"]
     assert x["from_epochs"]["extrapolated_s"] > s["seed_grid"]["wall_s"]
     # with a second size, a straight line through both runs as well
-    two = gpu_acceptance.extrapolate([s["seed_grid"], {**s["seed_grid"], "n_train": 96, "wall_s": s["seed_grid"]["wall_s"] + 1}])
+    bigger = {**s["seed_grid"], "n_train": 96, "wall_s": s["seed_grid"]["wall_s"] + 1}
+    two = gpu_acceptance.extrapolate([s["seed_grid"], bigger])
     assert two["fit"]["s_per_1000_images"] == pytest.approx(1000 / 48, rel=1e-3)
     assert two["fit"]["extrapolated_s"] == pytest.approx(s["seed_grid"]["wall_s"] + (50_000 - 48) / 48, rel=1e-3)
     assert s["percell"]["cells"] == 1 and s["percell"]["errors"] == []

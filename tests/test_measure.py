@@ -1,4 +1,4 @@
-"""Size (dense / non-zero / compressed), exact compressed round-trip, accuracy and CPU latency."""
+"""Size (dense / non-zero / compressed), exact compressed round-trip, accuracy, and where latency was measured."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,16 +8,9 @@ from torch import nn
 from torchvision import models as tvm
 
 from kdsweep.data import ViewSpec
-from kdsweep.measure import (
-    accuracy,
-    compressed_state_bytes,
-    device_label,
-    latency,
-    load_compressed_state,
-    model_size,
-    predict,
-)
+from kdsweep.measure import accuracy, compressed_state_bytes, load_compressed_state, model_size, predict
 from kdsweep.pruning import apply_pruning, make_permanent
+from kdsweep.runtimes import device_label
 
 CPU = torch.device("cpu")
 
@@ -162,17 +155,6 @@ def test_predict_feeds_un_augmented_views():
     x = torch.randint(0, 256, (5, 3, 4, 4), dtype=torch.uint8)
     out = predict(Echo(), x, ViewSpec(image_size=4, normalize="none", augment=("flip", "crop")), CPU, batch_size=2)
     assert torch.allclose(out, (x.float() / 255).flatten(1))
-
-
-def test_cpu_latency():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
-    model.train()
-    lat = latency(model, image_size=16, device=CPU, warmup=2, iters=15)
-    assert lat.device == "cpu"
-    assert lat.iters == 15
-    assert 0 < lat.median_ms <= lat.p90_ms
-    assert np.isfinite(lat.p90_ms)
-    assert not model.training
 
 
 def test_device_label_cpu():

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from kdsweep.models import REGISTRY, ModelError, build_model, count_params, set_bn_momentum
+from kdsweep.errors import ModelError
+from kdsweep.models import REGISTRY, build_model, count_params, set_bn_momentum
 
 
 def _bns(model: nn.Module) -> list[nn.Module]:

@@ -11,7 +11,7 @@ from .test_analysis import png_info, put
 NOTEBOOK = ROOT / "notebooks" / "analyze_results.ipynb"
 
 
-def execute(experiment: Path, out: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201 -- a NotebookNode
+def execute(experiment: Path, out: Path, monkeypatch: pytest.MonkeyPatch):  # a NotebookNode
     """Run the notebook in a fresh kernel (cwd notebooks/, like Jupyter) against `experiment`; raise on any error."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
@@ -23,11 +23,11 @@ def execute(experiment: Path, out: Path, monkeypatch: pytest.MonkeyPatch):  # no
     return nb
 
 
-def outputs(nb) -> list:  # noqa: ANN001
+def outputs(nb) -> list:
     return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
 
 
-def check_ran(nb, out: Path) -> None:  # noqa: ANN001
+def check_ran(nb, out: Path) -> None:
     outs = outputs(nb)
     assert not [o for o in outs if o.output_type == "error"]
     images = [o for o in outs if "image/png" in o.get("data", {})]

@@ -1,6 +1,7 @@
 """Crashes, divergence, damaged files and changed configs: nothing is lost, nothing is trained twice."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -14,10 +15,10 @@ import pytest
 
 import kdsweep
 from kdsweep.checkpoint import load_checkpoint
-from kdsweep.status import experiment_status, format_status
 from kdsweep.cli import main
+from kdsweep.paths import read_record
 from kdsweep.results import read_results
-from kdsweep.stages import read_record
+from kdsweep.status import experiment_status, format_status
 
 from .conftest import SMOKE
 
@@ -64,10 +65,8 @@ def _descendants(pid: int) -> set[int]:
 
 def _kill_all(pids: set[int]) -> None:
     for p in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _wait_for(pred, timeout: float, proc: subprocess.Popen):

@@ -9,8 +9,18 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 from kdsweep import runtimes
-from kdsweep.runtimes import (LatencyStats, Runner, latency_stats, ort_predict, ort_runner, ort_session,
-                              runtime_label, runtime_problem, time_interleaved, torch_runner)
+from kdsweep.names import runtime_label
+from kdsweep.runtimes import (
+    LatencyStats,
+    Runner,
+    latency_stats,
+    ort_predict,
+    ort_runner,
+    ort_session,
+    runtime_problem,
+    time_interleaved,
+    torch_runner,
+)
 
 ort = pytest.importorskip("onnxruntime")
 SIZE = 8
@@ -160,14 +170,16 @@ def test_runtimes_tuple_is_the_config_contract():
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="this ORT has CUDA")
 def test_auto_latency_on_a_real_gpu_refuses_a_cpu_only_onnxruntime_before_any_compute(monkeypatch):
     """Seen on an H200 with pip's default onnxruntime: every variant's ORT row failed after the whole sweep."""
-    from kdsweep.config import ConfigError, load_config
-    from kdsweep.sweeper import measure_devices
+    from kdsweep.config import load_config
+    from kdsweep.errors import ConfigError
+    from kdsweep.preflight import measure_devices
 
     from .conftest import SMOKE as smoke
     cfg = load_config(smoke, ["measure.runtimes=[torch,onnxruntime]"])
     assert measure_devices(cfg, 1.0) is None  # logical GPUs without CUDA (the tests' clusters): auto stays allowed
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    with pytest.raises(ConfigError, match=r"^measure.runtimes: onnxruntime would time models on cuda \(measure"):
+    with pytest.raises(ConfigError, match=r"^config key 'measure.runtimes': onnxruntime would time models on cuda "
+                                          r"\(measure"):
         measure_devices(cfg, 1.0)
     assert measure_devices(cfg, 0.0) is None  # no GPU in the cluster: auto times on the CPU
     assert measure_devices(load_config(smoke, ["measure.runtimes=[torch]"]), 1.0) is None

@@ -123,10 +123,14 @@ def resumed(s3_env, tmp_path_factory):
 
     keys = ("teacher-s0", "baseline-s0", "student-T4-a0.9-s0")
     before = {k: state(k) for k in keys}
+    # `kdsweep status` on the bucket, between the kill and the rerun: config, plan, records and heartbeats from S3
+    status_killed = subprocess.run([sys.executable, "-m", "kdsweep", "status", exp], cwd=cwd, env=env,
+                                   capture_output=True, text=True, timeout=120)
     rerun = subprocess.run(_cli(uri, *over, name="rel"), cwd=cwd, env=env, capture_output=True, text=True,
                            timeout=300)
     return {"exp": exp, "env": env, "tmp": tmp, "cwd": cwd, "rerun": rerun, "keys": keys, "before": before,
-            "after": {k: state(k) for k in keys}, "home_before": home_before, "ray_results": ray_results}
+            "after": {k: state(k) for k in keys}, "home_before": home_before, "ray_results": ray_results,
+            "status_killed": status_killed}
 
 
 @pytest.mark.slow
@@ -161,6 +165,16 @@ def test_sweep_on_s3_reads_back_and_writes_nothing_locally(resumed):
     for label in ("teacher", "student-ce (no KD)", "student-kd T=4 a=0.9", "a=0.9 p=0.", "5 variants: 5 ok"):
         assert label in shown.stdout, shown.stdout
     assert storage.exists(storage.join(exp, "analysis", "tradeoffs.md"))
+    # `kdsweep status` reads the bucket too: after the kill, the trained KD student (no result rows before latency
+    # timing) and the pruned variants left; after the rerun, every variant ok
+    killed = resumed["status_killed"]
+    assert killed.returncode == 0, killed.stdout + killed.stderr
+    assert killed.stdout.startswith(f"{exp}: 5 planned · ") and " trained" in killed.stdout.splitlines()[0]
+    assert not re.search(r"\b\d+ ok\b", killed.stdout.splitlines()[0])  # no result rows before the latency task
+    done = subprocess.run([sys.executable, "-m", "kdsweep", "status", exp], cwd=cwd, env=resumed["env"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith(f"{exp}: 5 planned · 5 ok") and "training finished" in done.stdout
     # nothing of the experiment on local disk: not in the cwd (no ./runs), not in the test's tmp dirs, not ~/ray_results
     assert _local_files(resumed["tmp"]) == [str(cwd)]
     ray_results = resumed["ray_results"]

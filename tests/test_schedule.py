@@ -24,7 +24,7 @@ def graph() -> list[Task]:
     ]
 
 
-def make(tmp_path, slots: int, tasks=None):  # noqa: ANN001, ANN201
+def make(tmp_path, slots: int, tasks=None):
     events = []
     s = DagSearcher(tasks or graph(), slots, str(tmp_path / "signals.json"), lambda t, st, r: events.append((t.id, st)))
     return s, events
@@ -95,3 +95,10 @@ def test_wait_for_blocks_until_the_driver_signals(tmp_path):
     th.join(5)
     assert got == {"a": "ok", "b": "failed: x"}
 
+
+
+def test_every_stage_has_a_place_in_the_priority():
+    from kdsweep.names import STAGES
+    from kdsweep.schedule import PRIORITY
+
+    assert sorted(PRIORITY) == sorted({*STAGES, "logits", "latency"})  # a new stage needs a slot in the schedule

@@ -11,11 +11,12 @@ import pytest
 
 from kdsweep.cli import main
 from kdsweep.config import load_config
+from kdsweep.heartbeat import Heartbeat, hostname
 from kdsweep.paths import Paths
 from kdsweep.plan import make_plan, planned_epochs
-from kdsweep.results import hostname, write_rows
-from kdsweep.status import Heartbeat, eta_seconds, experiment_status, format_status, most_at_once
-from kdsweep.sweeper import _save_experiment
+from kdsweep.results import write_rows
+from kdsweep.status import eta_seconds, experiment_status, format_status, most_at_once
+from kdsweep.sweeper import save_experiment
 
 from .conftest import SMOKE
 
@@ -38,14 +39,14 @@ def test_status_of_every_state_and_the_command(tmp_path: Path, capsys):
     cfg = load_config(SMOKE, ["kd.alpha=[0.9]"])
     plan = make_plan(cfg)
     exp = tmp_path / "exp"
-    _save_experiment(exp, cfg, plan)
+    save_experiment(exp, cfg, plan)
     paths = Paths(str(exp))
     students = [x for x in plan if x.stage == "student"]
     pruned = [x for x in plan if x.stage == "pruned"]
     teacher = next(x for x in plan if x.stage == "teacher")
     baseline = next(x for x in plan if x.stage == "baseline")
     te, se = planned_epochs(cfg, teacher), planned_epochs(cfg, students[0])
-    put = lambda x, **kw: write_rows([_row(x, x.label, **kw)], paths.result(x))  # noqa: E731
+    put = lambda x, **kw: write_rows([_row(x, x.label, **kw)], paths.result(x))
     put(teacher, acc=0.95, span=(0, 100), epochs=te)  # the teacher is never "best so far"
     put(baseline, acc=0.5, span=(100, 150), epochs=se)
     put(students[0], acc=0.8, span=(100, 160), epochs=se)
@@ -54,7 +55,7 @@ def test_status_of_every_state_and_the_command(tmp_path: Path, capsys):
     put(kids[0], status="skipped", error="student failed")
     now = time.time()
     beat = lambda x, **t: Path(paths.trial(x)).parent.mkdir(parents=True, exist_ok=True) or \
-        Path(paths.trial(x)).write_text(json.dumps(t))  # noqa: E731
+        Path(paths.trial(x)).write_text(json.dumps(t))
     beat(students[2], pid=os.getpid(), node=hostname(), epoch=1, beat=now - 5)  # this process: alive
     stale = next(p for p in pruned if p.parent == students[0].key)
     beat(stale, pid=os.getpid(), node=hostname(), epoch=1, beat=now - 1000)  # heartbeat stopped long ago
@@ -94,7 +95,7 @@ def test_status_of_no_experiment_exits_2_with_one_line(tmp_path: Path, capsys):
 
 def test_heartbeat_writes_on_entry_each_epoch_and_periodically_then_stops(tmp_path: Path):
     path = str(tmp_path / "a" / "trial.json")
-    read = lambda: json.loads(Path(path).read_text())  # noqa: E731
+    read = lambda: json.loads(Path(path).read_text())
     with Heartbeat(path, {"pid": 1, "epochs": 3}, every=0.05) as hb:
         first = read()
         assert first["epoch"] == 0 and first["epochs"] == 3
@@ -108,11 +109,11 @@ def test_heartbeat_writes_on_entry_each_epoch_and_periodically_then_stops(tmp_pa
 
 
 def test_driver_progress_lines_carry_the_same_eta():
+    from kdsweep.progress import Progress
     from kdsweep.schedule import Task
-    from kdsweep.sweeper import _Progress
 
     lines: list[str] = []
-    prog = _Progress(lines.append, time.time(), ["torch"])
+    prog = Progress(lines.append, time.time(), ["torch"])
     prog.total, prog.slots = {"student": 3}, 2
     prog.pending = {"a": ("student", 4), "b": ("student", 4), "c": ("student", 4)}
     prog.event(Task("a", "train", "student"), "ok", {"test_acc": 0.5, "trial_start": 0.0, "trial_end": 40.0})

@@ -77,8 +77,8 @@ def test_reduced_smoke_sweep_end_to_end_and_rerun_trains_nothing(smoke_exp, caps
 @pytest.mark.slow
 def test_fractional_gpus_pack_trials_on_logical_gpus(ray_2gpu, tmp_path):
     # 6 KD students + 6 pruned over 8 slots on 2 logical GPUs (kept small: 2-core CI)
-    over = ["teacher.epochs=1", "student.epochs=2", "prune.recovery_epochs=1", "prune.amount=[0.3]", "kd.temperature=[2,4]",
-            "measure.runtimes=[torch]",
+    over = ["teacher.epochs=1", "student.epochs=2", "prune.recovery_epochs=1", "prune.amount=[0.3]",
+            "kd.temperature=[2,4]", "measure.runtimes=[torch]",
             "data.train_limit=256", "data.test_limit=64", "resources.cpus_per_trial=0.25",
             "resources.gpus_per_trial=0.25", "measure.iters=5", "measure.warmup=1"]
     exp = kdsweep.run(SMOKE, overrides=over, storage=tmp_path, name="packing")

@@ -6,7 +6,8 @@ import torch
 
 from kdsweep.config import DataConfig
 from kdsweep.data import ViewSpec, augment_params, load_dataset, make_views, train_batches
-from kdsweep.engine import DivergedError, TrainSpec, recalibrate_bn, teacher_logits, train
+from kdsweep.engine import TrainSpec, recalibrate_bn, teacher_logits, train
+from kdsweep.errors import DivergedError
 from kdsweep.losses import kd_loss
 from kdsweep.measure import accuracy
 from kdsweep.models import build_model
@@ -102,7 +103,8 @@ def test_cached_and_online_teacher_give_the_same_loss(digits, trained):
 
 def test_resume_from_checkpoint_is_exact(digits, tmp_path):
     data, _ = digits
-    small = type(data)("digits", data.train_x[:256], data.train_y[:256], data.test_x[:64], data.test_y[:64], data.classes)
+    small = type(data)("digits", data.train_x[:256], data.train_y[:256], data.test_x[:64],
+                       data.test_y[:64], data.classes)
     view = ViewSpec(32, "imagenet", ("flip", "crop"))
     spec = TrainSpec(epochs=2, lr=1e-3, batch_size=64, seed=1)
 
@@ -133,7 +135,8 @@ def test_resume_from_checkpoint_is_exact(digits, tmp_path):
 
 def test_online_teacher_counts_its_forward_passes(digits):
     data, view = digits
-    small = type(data)("digits", data.train_x[:128], data.train_y[:128], data.test_x[:32], data.test_y[:32], data.classes)
+    small = type(data)("digits", data.train_x[:128], data.train_y[:128], data.test_x[:32],
+                       data.test_y[:32], data.classes)
     teacher = build_model("resnet18", 10)
     student = build_model("mobilenet_v3_small", 10)
     hist = train(student, small, view, TrainSpec(epochs=1, lr=1e-3, batch_size=64, **KD), CPU, teacher=teacher,
@@ -144,7 +147,8 @@ def test_online_teacher_counts_its_forward_passes(digits):
 @pytest.mark.parametrize("lr", [1e4, 1e8])
 def test_diverging_training_raises(digits, lr):
     data, view = digits
-    small = type(data)("digits", data.train_x[:256], data.train_y[:256], data.test_x[:32], data.test_y[:32], data.classes)
+    small = type(data)("digits", data.train_x[:256], data.train_y[:256], data.test_x[:32],
+                       data.test_y[:32], data.classes)
     model = build_model("mobilenet_v3_small", 10)
     with pytest.raises(DivergedError, match="loss .* at epoch 1"):
         train(model, small, view, TrainSpec(epochs=3, lr=lr, batch_size=32, schedule="constant"), CPU, evaluate=False)
@@ -152,7 +156,8 @@ def test_diverging_training_raises(digits, lr):
 
 def test_a_healthy_run_is_not_called_diverged(digits):
     data, view = digits
-    small = type(data)("digits", data.train_x[:256], data.train_y[:256], data.test_x[:32], data.test_y[:32], data.classes)
+    small = type(data)("digits", data.train_x[:256], data.train_y[:256], data.test_x[:32],
+                       data.test_y[:32], data.classes)
     hist = train(build_model("mobilenet_v3_small", 10), small, view, TrainSpec(epochs=2, lr=3e-3, batch_size=32,
                  temperature=6, alpha=0.9), CPU, teacher=build_model("resnet18", 10), evaluate=False)
     assert len(hist) == 2

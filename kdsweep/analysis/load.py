@@ -1,7 +1,8 @@
 """Read an experiment's result files (local path or any pyarrow.fs URI such as s3://) into one DataFrame.
 
-Reads Parquet with pyarrow directly instead of `kdsweep.results.read_results`, which stops at the first damaged file;
-here a damaged file becomes a flagged row. Only the column list comes from `kdsweep.results` (no torch there).
+Reads each Parquet file itself instead of through `kdsweep.results.read_results`, which stops at the first damaged
+file; here a damaged file becomes a flagged row. Files are reached through `kdsweep.storage` (local paths and s3://
+alike); the column list comes from `kdsweep.results` and variant labels from `kdsweep.plan` (no torch in either).
 
 A result file holds one row per (variant, seed, runtime, device); files written before runtimes existed hold one row
 per variant without the runtime columns, and `fill_defaults` gives them the values they implied (torch, fp32, L1
@@ -14,6 +15,7 @@ such columns.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -23,13 +25,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.fs as pafs
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..axes import render
+from .. import storage
+from ..errors import one_line
+from ..names import STAGES, STRUCTURED, UNSTRUCTURED
+from ..plan import Variant
 from ..results import COLUMNS
 
-STAGE_ORDER = {"teacher": 0, "baseline": 1, "student": 2, "pruned": 3, "quantized": 4}
+STAGE_ORDER = {s: i for i, s in enumerate(STAGES)}
+_VARIANT_FIELDS = tuple(f.name for f in dataclasses.fields(Variant))
 # statuses in the order a reader should see them; `unreadable` and `missing` are added by the analysis
 STATUS_ORDER = ("ok", "failed", "skipped", "unreadable", "missing")
 # columns the analysis computes with, by type; a file without one (an older experiment) gets it empty
@@ -38,7 +44,6 @@ FLOAT_COLUMNS = ("temperature", "alpha", "prune_amount", "test_acc", "latency_ms
                  "onnx_max_abs_diff", "top1_agreement")
 INT_COLUMNS = ("seed", "params", "nonzero_params", "macs", "size_bytes", "latency_iters")
 TEXT_COLUMNS = ("runtime", "precision", "prune_method")
-UNSTRUCTURED, STRUCTURED = "l1_unstructured", "l1_structured"
 
 
 @dataclass(frozen=True)
@@ -65,67 +70,41 @@ class Experiment:
         return f"{len(self.missing)} of {len(self.planned)} planned variants missing"
 
 
-def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str, str]:
-    """(filesystem, path within it, display URI) for a local path or a URI like s3://bucket/exp."""
-    from .. import storage  # S3-compatible endpoints (AWS_ENDPOINT_URL) are handled in one place
-
-    text = os.fspath(location)
-    if "://" not in text:
-        text = os.path.abspath(os.path.expanduser(text))
-    fs, path = storage.resolve(text)
-    return fs, path.rstrip("/") or "/", text.rstrip("/")
-
-
-def join(base: str, *parts: str) -> str:
-    """Join path parts the way pyarrow.fs paths are written (always '/')."""
-    return "/".join([base.rstrip("/"), *parts])
+def location(experiment_dir: str | os.PathLike) -> str:
+    """An experiment folder as shown and joined: an absolute local path, or the URI as given (no trailing '/')."""
+    text = os.fspath(experiment_dir)
+    return (os.path.abspath(storage.local_path(text)) if storage.is_local(text) else text).rstrip("/") or "/"
 
 
 def variant_label(entry: dict) -> str:
-    """The human label of a plan.json entry (mirrors kdsweep.plan.Variant.label without importing the planner):
-    the stage and grid coordinates, then ` key=value` for each swept key in the entry's `axes`."""
+    """The human label of a plan.json entry (`kdsweep.plan.Variant.label`); a damaged entry still gets its
+    coordinates' label without its swept values, or else its key."""
     if isinstance(entry.get("variant"), str):  # an entry that carries its label knows best
         return entry["variant"]
-    stage = entry.get("stage")
-    if stage == "quantized":  # its fp32 parent's label and the precision; the parent's stage starts its key
-        base = (entry.get("parent") or "").split("-", 1)[0]
-        if base in ("teacher", "baseline", "student", "pruned"):
-            return f"{variant_label({**entry, 'stage': base})} {entry.get('precision') or 'int8'}"
-        return str(entry.get("key", "?"))
-    if stage == "teacher":
-        label = "teacher"
-    elif stage == "baseline":
-        label = "student-ce (no KD)"
-    elif stage in ("student", "pruned"):
-        label = f"student-kd T={entry['temperature']:g} a={entry['alpha']:g}"
-        if stage == "pruned":
-            structured = " structured" if entry.get("prune_method") == STRUCTURED else ""
-            label += f" p={entry['prune_amount']:g}{structured}"
-    else:
-        return str(entry.get("key", "?"))
-    try:
-        values = parse_axes(entry.get("axes"))
-    except ValueError:
-        values = {}  # a damaged plan entry still gets its coordinates' label
-    return label + "".join(f" {k}={render(v)}" for k, v in values.items())
+    fields = {"seed": 0} | {k: entry[k] for k in _VARIANT_FIELDS if k in entry}
+    for attempt in (fields, fields | {"axes": ""}):
+        try:
+            return Variant.from_dict(attempt).label
+        except (TypeError, ValueError, AttributeError, KeyError):
+            continue
+    return str(entry.get("key", "?"))
 
 
 def load_experiment(experiment_dir: str | os.PathLike) -> Experiment:
     """Read every results/*.parquet of an experiment; damaged files become flagged rows, never silent drops."""
-    fs, root, uri = resolve(experiment_dir)
-    planned = _read_plan(fs, root)
+    uri = location(experiment_dir)
+    planned = _read_plan(uri)
     by_key = {p["key"]: p for p in planned if "key" in p}
     rows: list[dict] = []
     unreadable: list[str] = []
     seen: set[str] = set()
-    for path in _result_files(fs, join(root, "results")):
-        key = path.rsplit("/", 1)[-1][: -len(".parquet")]
+    for shown in storage.listdir(storage.join(uri, "results"), ".parquet"):  # in-flight (hidden) temp files skipped
+        key = storage.basename(shown)[: -len(".parquet")]
         seen.add(key)
-        shown = path if "://" not in uri else f"{uri.split('://', 1)[0]}://{path}"
         try:
-            file_rows = _read_file(fs, path)
+            file_rows = _read_file(shown)
         except Exception as exc:  # noqa: BLE001 -- any damage to one file must be reported, not end the analysis
-            reason = f"{exc.__class__.__name__}: {exc}".splitlines()[0]
+            reason = one_line(exc)
             unreadable.append(f"{shown}: {reason}")
             rows.append(_flagged_row(key, by_key.get(key), f"unreadable result file {shown} ({reason})", shown))
             continue
@@ -134,7 +113,7 @@ def load_experiment(experiment_dir: str | os.PathLike) -> Experiment:
             seen.add(r.get("key") or key)
         rows.extend(file_rows)
     missing = [k for k in by_key if k not in seen]
-    frame, axes = _frame(rows, _sweep_keys(fs, root))
+    frame, axes = _frame(rows, _sweep_keys(uri))
     return Experiment(uri=uri, rows=frame, unreadable=unreadable, planned=planned, missing=missing, axes=axes)
 
 
@@ -144,15 +123,8 @@ def experiment_from_rows(rows: pd.DataFrame, uri: str = "") -> Experiment:
     return Experiment(uri=uri, rows=sort_rows(frame).reset_index(drop=True), axes=axes)
 
 
-def _result_files(fs: pafs.FileSystem, results: str) -> list[str]:
-    infos = fs.get_file_info(pafs.FileSelector(results, allow_not_found=True))
-    # atomic writes leave hidden ".<name>.tmp" files while in flight: not results
-    return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
-                  and not i.base_name.startswith("."))
-
-
-def _read_file(fs: pafs.FileSystem, path: str) -> list[dict]:
-    table = pq.read_table(path, filesystem=fs)
+def _read_file(path: str) -> list[dict]:
+    table = pq.read_table(pa.BufferReader(storage.read_bytes(path)))
     if table.num_rows == 0:
         raise ValueError("file has no rows")
     for col in ("variant", "status"):
@@ -164,12 +136,11 @@ def _read_file(fs: pafs.FileSystem, path: str) -> list[dict]:
     return rows
 
 
-def _read_plan(fs: pafs.FileSystem, root: str) -> list[dict]:
-    path = join(root, "plan.json")
-    if fs.get_file_info(path).type != pafs.FileType.File:
+def _read_plan(root: str) -> list[dict]:
+    path = storage.join(root, "plan.json")
+    if not storage.exists(path):
         return []
-    with fs.open_input_stream(path) as f:
-        plan = json.loads(f.read().decode())
+    plan = json.loads(storage.read_text(path))
     return [p for p in plan if isinstance(p, dict)]
 
 
@@ -201,19 +172,20 @@ def _parse_key(key: str) -> dict:
     if not m:
         return {"key": key}
     stage, t, a, p, structured, s = m.groups()
-    f = lambda x: float(x) if x else None  # noqa: E731
+    def f(x: str | None) -> float | None:
+        return float(x) if x else None
+
     method = (STRUCTURED if structured else UNSTRUCTURED) if stage == "pruned" else None
     return {"key": key, "stage": stage, "temperature": f(t), "alpha": f(a), "prune_amount": f(p), "seed": int(s),
             "prune_method": method, "precision": "fp32"}
 
 
-def _sweep_keys(fs: pafs.FileSystem, root: str) -> list[str]:
+def _sweep_keys(root: str) -> list[str]:
     """The keys of config.yaml's `sweep:` section in the user's order; [] when there is none or it cannot be read."""
     import yaml
 
     try:
-        with fs.open_input_stream(join(root, "config.yaml")) as f:
-            sweep = (yaml.safe_load(f.read().decode()) or {}).get("sweep")
+        sweep = (yaml.safe_load(storage.read_text(storage.join(root, "config.yaml"))) or {}).get("sweep")
     except Exception:  # noqa: BLE001 -- the order is a nicety: the result files alone still give every key
         return []
     return [str(k) for k in sweep] if isinstance(sweep, dict) else []

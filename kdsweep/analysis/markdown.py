@@ -31,7 +31,7 @@ def pm(mean: object, std: object, digits: int = 2, scale: float = 1.0) -> str:
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
     """A Markdown table; pipes and newlines in cells are escaped so one row stays one row."""
-    clean = lambda c: str(c).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    clean = lambda c: str(c).replace("|", "\\|").replace("\n", " ")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(clean(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
@@ -161,7 +161,7 @@ def _onnx_checks(v: pd.DataFrame) -> str:
     ok = v[(v["n"] > 0) & (v["onnx_max_abs_diff_mean"].notna() | v["top1_agreement_mean"].notna())]
     if ok.empty:
         return ""
-    sci = lambda x: "—" if pd.isna(x) else f"{x:.1e}"  # noqa: E731 -- differences span 1e-7 (fp32) to 1 (INT8)
+    sci = lambda x: "—" if pd.isna(x) else f"{x:.1e}"  # differences span 1e-7 (fp32) to 1 (INT8)
     rows = [[r.variant, text(r.precision), sci(r.onnx_max_abs_diff_mean), num(r.top1_agreement_mean, 2, 100)]
             for r in ok.itertuples()]
     return md_table(["Variant", "Precision", "Max abs logit diff", "Top-1 agreement %"], rows)

@@ -21,9 +21,12 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from .load import STRUCTURED, axis_columns, axis_order
+from ..errors import FacetError
+from ..names import STRUCTURED
+from .load import axis_columns, axis_order
 from .markdown import cell
-from .tables import KIND_NAMES, KINDS, PARETO_AXES, Tables, pareto_front
+from .pareto import PARETO_AXES, pareto_front
+from .tables import KIND_NAMES, KINDS, Tables
 
 DPI = 150
 HEAT_COLUMNS = 5  # heatmap panels per row: a sweep with many p values and INT8 variants wraps instead of widening
@@ -38,10 +41,6 @@ PRUNED_MARKERS = ("s", "D", "^", "v", "P", "h", "<", ">")
 PRUNED_CMAPS = {"unstructured": "autumn_r", "structured": "winter_r"}
 RUNTIME_COLORS = {"onnxruntime-cuda": "#2ca02c", "onnxruntime-cpu": "#1f77b4", "torch-cuda": "#d62728",
                   "torch-cpu": "#ff7f0e", "tensorrt": "#9467bd"}
-
-
-class FacetError(ValueError):
-    """`facet` names no swept key of the experiment; the message is one line naming it and the swept keys."""
 
 
 def facet_axis(t: Tables, facet: str | None = None) -> str | None:
@@ -153,7 +152,7 @@ def _kind_panels(grid: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return [(title, g) for title, g in panels if not g.empty]
 
 
-def _heatmaps(sub, panels: list, cols: int) -> None:  # noqa: ANN001 -- panels: (title, rows) or None (blank)
+def _heatmaps(sub, panels: list, cols: int) -> None:  # panels: (title, rows) or None (blank)
     if not panels:
         ax = sub.subplots()
         ax.axis("off")
@@ -202,7 +201,7 @@ def _heatmaps(sub, panels: list, cols: int) -> None:  # noqa: ANN001 -- panels: 
                  fontsize=13)
 
 
-def _scatter(ax, ok: pd.DataFrame, metric: str, xlabel: str, title: str,  # noqa: ANN001
+def _scatter(ax, ok: pd.DataFrame, metric: str, xlabel: str, title: str,
              log_x: bool | None = None, label_axes: Sequence[str] = ()) -> None:
     """Accuracy against one cost with its Pareto front; `log_x` None: log scale when the costs span over 4x;
     `label_axes`: swept keys whose values the front's point labels show (those that vary within the panel)."""
@@ -258,7 +257,7 @@ def _scatter(ax, ok: pd.DataFrame, metric: str, xlabel: str, title: str,  # noqa
     ax.legend(fontsize=10, loc="best", framealpha=0.9)
 
 
-def _runtime_panel(ax, t: Tables, key: str | None = None) -> None:  # noqa: ANN001
+def _runtime_panel(ax, t: Tables, key: str | None = None) -> None:
     """Latency of every variant on every runtime, grouped by kind (and by the facet key's value within a kind): one
     colour per runtime, a bar at each group's median."""
     lat = t.latency_runtimes
@@ -310,7 +309,7 @@ def _runtime_panel(ax, t: Tables, key: str | None = None) -> None:  # noqa: ANN0
     ax.legend(fontsize=10, loc="best", framealpha=0.9)
 
 
-def _short(r, axes: Sequence[str] = ()) -> str:  # noqa: ANN001 -- r: a row of the variant table
+def _short(r, axes: Sequence[str] = ()) -> str:  # r: a row of the variant table
     """A compact point label for the plots: teacher, no-KD, T4 a0.9, T4 a0.9 p0.3, T4 a0.9 p0.3s, ... int8; then
     `name=value` of each swept key in `axes` that the variant has (`epochs=3` for teacher.epochs)."""
     if r.stage == "teacher" or (r.kind == "int8" and r.variant.startswith("teacher")):

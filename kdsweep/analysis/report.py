@@ -6,14 +6,14 @@ import os
 from pathlib import Path
 
 import pandas as pd
-import pyarrow.fs as pafs
 
-from .load import Experiment, experiment_from_rows, join, load_experiment, resolve
+from .. import storage
+from ..names import STAGES
+from .load import Experiment, experiment_from_rows, load_experiment, location
 from .markdown import num, pm, text, tradeoffs_markdown
+from .pareto import fastest
 from .plots import metrics_grid, save_figure
-from .tables import Tables, fastest, results_frame, tradeoff_tables
-
-OUTPUTS = ("results.csv", "tradeoffs.md", "metrics_grid.png")
+from .tables import Tables, results_frame, tradeoff_tables
 
 
 def analyze(experiment_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
@@ -30,12 +30,10 @@ def analyze(experiment_dir: str | os.PathLike, out_dir: str | os.PathLike | None
     exp = tables.experiment
     files = {"results.csv": results_frame(exp.rows, exp.axes).to_csv(index=False).encode(),
              "tradeoffs.md": tradeoffs_markdown(tables).encode(), "metrics_grid.png": png.getvalue()}
-    target = out_dir if out_dir is not None else join(resolve(experiment_dir)[2], "analysis")
-    fs, path, uri = resolve(target)
-    fs.create_dir(path, recursive=True)
+    target = location(out_dir if out_dir is not None else storage.join(location(experiment_dir), "analysis"))
     for name, data in files.items():
-        _write(fs, join(path, name), data)
-    return Path(path) if isinstance(fs, pafs.LocalFileSystem) else uri
+        storage.write_bytes(storage.join(target, name), data)  # atomic: a reader never sees half a file
+    return Path(target) if storage.is_local(target) else target
 
 
 def headline_table(data: pd.DataFrame | Experiment | Tables) -> str:
@@ -99,6 +97,27 @@ def headline_table(data: pd.DataFrame | Experiment | Tables) -> str:
     return "\n".join(lines + [f"warning: {n}" for n in t.notes])
 
 
-def _write(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    with fs.open_output_stream(path) as f:
-        f.write(data)
+def summary_table(df: pd.DataFrame) -> str:
+    """A short fixed-width table, one line per variant and seed: status, accuracy, latency per runtime, sizes."""
+    if df.empty:
+        return "(no results)"
+    order = {s: i for i, s in enumerate(STAGES)}
+    df = df.assign(_o=df["stage"].map(order), _rt=df["runtime"].fillna("") + "@" + df["latency_device"].fillna(""))
+    rts = [r for r in dict.fromkeys(df["_rt"]) if r != "@"]
+    names = {r: r.split("@")[0].replace("onnxruntime", "ort") + ("" if r.endswith("@cpu") else "@gpu") for r in rts}
+
+    def f(x: object, p: int) -> str:
+        return "-" if pd.isna(x) else f"{x:.{p}f}"
+
+    w = max(32, int(df["variant"].str.len().max()) + 1)
+    lines = [f"{'variant':<{w}}{'seed':>5} {'status':<11}{'acc':>7}" + "".join(f"{names[r] + ' ms':>16}" for r in rts)
+             + f"{'MB':>8}{'nz MB':>8}{'file MB':>8}"]
+    for (_, _, _, _, _, seed, label), g in df.groupby(["_o", "temperature", "alpha", "prune_amount", "prune_method",
+                                                        "seed", "variant"], dropna=False, sort=True):
+        r = g.iloc[0]
+        status = "ok" if (g["status"] == "ok").all() else g.loc[g["status"] != "ok", "status"].iloc[0]
+        lat = dict(zip(g["_rt"], g["latency_ms"]))
+        lines.append(f"{label:<{w}}{seed:>5} {status:<11}{f(r.test_acc, 4):>7}"
+                     + "".join(f"{f(lat.get(x), 2):>16}" for x in rts)
+                     + f"{f(r.size_mb, 2):>8}{f(r.size_nonzero_mb, 2):>8}{f(r.size_bytes / 1e6, 2):>8}")
+    return "\n".join(lines)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -23,7 +24,7 @@ def t_critical(dof: int) -> float:
     return z + (z**3 + z) / (4 * dof) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
 
 
-def describe(values) -> tuple[float, float, float, int]:  # noqa: ANN001 -- any 1-d sequence of numbers
+def mean_std_ci(values: Iterable[float | None]) -> tuple[float, float, float, int]:
     """(mean, sample std, 95 % CI half-width, n) of the non-NaN values; std and CI are NaN when n < 2."""
     x = np.asarray([v for v in values if v is not None], dtype=float)
     x = x[~np.isnan(x)]

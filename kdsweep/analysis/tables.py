@@ -13,9 +13,22 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .load import (STATUS_ORDER, STRUCTURED, UNSTRUCTURED, Experiment, axis_columns, axis_order, axis_value,
-                   fill_defaults, load_experiment, parse_axes, sort_rows, variant_label, varying_axes)
-from .stats import describe
+from ..names import STRUCTURED, UNSTRUCTURED
+from .load import (
+    STATUS_ORDER,
+    Experiment,
+    axis_columns,
+    axis_order,
+    axis_value,
+    fill_defaults,
+    load_experiment,
+    parse_axes,
+    sort_rows,
+    variant_label,
+    varying_axes,
+)
+from .pareto import PARETO_AXES, latency_spread, pareto_front
+from .stats import mean_std_ci
 
 # per-seed numbers that get mean / std / 95 % CI per variant
 METRICS = ("test_acc", "latency_ms", "latency_p90_ms", "latency_ci95_ms", "size_mb", "size_nonzero_mb",
@@ -29,10 +42,6 @@ PARENT_DELTA_METRICS = ("test_acc", "latency_ms", "size_mb", "size_nonzero_mb", 
 REFERENCES = ("teacher", "baseline", "unpruned", "parent")
 # the headline latency of a variant: ONNX Runtime where it was measured (the deployment path), else eager PyTorch
 RUNTIME_ORDER = ("onnxruntime-cuda", "onnxruntime-cpu", "torch-cuda", "torch-cpu", "tensorrt")
-# the trade-offs: accuracy up against latency down, non-zero size down, and ONNX file bytes down;
-# axis -> (cost column, column of its noise half-width or None for exact costs)
-PARETO_AXES = {"latency": ("latency_ms_mean", "latency_spread_ms"), "size": ("size_nonzero_mb_mean", None),
-               "bytes": ("size_bytes_mean", None)}
 KINDS = ("teacher", "baseline", "student", "unstructured", "structured", "int8")
 KIND_NAMES = {"teacher": "teacher", "baseline": "no-KD baseline", "student": "KD student",
               "unstructured": "unstructured", "structured": "structured", "int8": "INT8"}
@@ -113,8 +122,9 @@ def tradeoff_tables(experiment: Experiment | str | os.PathLike, runtime: str | N
                   axes=axes, by_axis={a: marginal(rows, a) for a in axes})
 
 
-def runtime_label(runtime: object, device: object) -> str | None:
-    """'onnxruntime-cpu', 'onnxruntime-cuda', 'tensorrt', or 'torch-cpu' / 'torch-cuda' (torch runs on both)."""
+def latency_runtime(runtime: object, device: object) -> str | None:
+    """The `latency_runtime` column: 'onnxruntime-cpu', 'onnxruntime-cuda', 'tensorrt', or 'torch-cpu' / 'torch-cuda'
+    (a result row's `runtime` says only 'torch', which runs on both)."""
     if not isinstance(runtime, str):
         return None
     if runtime != "torch":
@@ -146,7 +156,7 @@ def seed_rows(rows: pd.DataFrame, runtime: str | None = None) -> pd.DataFrame:
     if rows.empty:
         return rows.assign(latency_runtime=pd.Series(dtype=object), kind=pd.Series(dtype=object))
     rows = fill_defaults(rows)
-    rows["latency_runtime"] = [runtime_label(r, d) for r, d in zip(rows["runtime"], rows["latency_device"])]
+    rows["latency_runtime"] = [latency_runtime(r, d) for r, d in zip(rows["runtime"], rows["latency_device"])]
     rows["kind"] = [variant_kind(*k) for k in zip(rows["stage"], rows["prune_method"], rows["precision"])]
     timed = rows[(rows["status"] == "ok") & rows["latency_ms"].notna() & rows["latency_runtime"].notna()]
     if runtime is not None:
@@ -158,7 +168,7 @@ def seed_rows(rows: pd.DataFrame, runtime: str | None = None) -> pd.DataFrame:
     timed = timed.assign(_rank=timed["latency_runtime"].map(runtime_rank)).sort_values("_rank", kind="stable")
     headline = timed.groupby("variant", sort=False)["latency_runtime"].first()
     picked = timed[timed["latency_runtime"] == timed["variant"].map(headline)]
-    ident = lambda df: df["variant"].astype(str) + "\0" + df["seed"].astype(str)  # noqa: E731 -- NA seeds match too
+    ident = lambda df: df["variant"].astype(str) + "\0" + df["seed"].astype(str)  # NA seeds match too
     latency = picked.assign(_id=ident(picked)).drop_duplicates("_id").set_index("_id")
     out = rows.assign(_id=ident(rows)).drop_duplicates("_id").set_index("_id")
     for c in LATENCY_COLUMNS:
@@ -192,7 +202,7 @@ def variant_table(rows: pd.DataFrame, missing: list[dict] | None = None, runtime
                "parent": parents[0] if parents else None, "status": _status(g["status"]),
                "n": len(ok), "seeds": len(g), "error": _errors(g), **{a: first[a] for a in axes}}
         for m in METRICS:
-            mean, std, ci, _ = describe(ok[m].astype(float))  # Int64 columns: NA -> NaN
+            mean, std, ci, _ = mean_std_ci(ok[m].astype(float))  # Int64 columns: NA -> NaN
             rec.update({f"{m}_mean": mean, f"{m}_std": std, f"{m}_ci95": ci})
         rec["latency_spread_ms"] = latency_spread(rec["latency_ci95_ms_mean"], rec["latency_ms_std"])
         rec["latency_runtime"] = next(iter(ok["latency_runtime"].dropna()), None)
@@ -214,7 +224,8 @@ def latency_runtimes(rows: pd.DataFrame, variants: pd.DataFrame) -> pd.DataFrame
     if rows.empty or variants.empty:
         return pd.DataFrame(columns=cols).astype({"headline": bool})
     rows = fill_defaults(rows)
-    label = pd.Series([runtime_label(r, d) for r, d in zip(rows["runtime"], rows["latency_device"])], index=rows.index)
+    label = pd.Series([latency_runtime(r, d) for r, d in zip(rows["runtime"], rows["latency_device"])],
+                      index=rows.index)
     timed = rows.assign(latency_runtime=label)
     timed = timed[(timed["status"] == "ok") & timed["latency_ms"].notna() & timed["latency_runtime"].notna()]
     order = {v: i for i, v in enumerate(variants["variant"])}
@@ -222,8 +233,8 @@ def latency_runtimes(rows: pd.DataFrame, variants: pd.DataFrame) -> pd.DataFrame
     kinds = dict(zip(variants["variant"], variants["kind"]))
     out = []
     for (variant, rt), g in timed.groupby(["variant", "latency_runtime"], sort=False):
-        mean, std, ci, n = describe(g["latency_ms"])
-        within = describe(g["latency_ci95_ms"])[0]
+        mean, std, ci, n = mean_std_ci(g["latency_ms"])
+        within = mean_std_ci(g["latency_ci95_ms"])[0]
         out.append({"variant": variant, "kind": kinds.get(variant), "latency_runtime": rt,
                     "runtime": g["runtime"].iloc[0],
                     "latency_device": ", ".join(g["latency_device"].astype(str).unique()),
@@ -233,15 +244,6 @@ def latency_runtimes(rows: pd.DataFrame, variants: pd.DataFrame) -> pd.DataFrame
     table = pd.DataFrame(out, columns=cols).astype({"headline": bool})
     rank = {"_v": table["variant"].map(order).fillna(len(order)), "_r": table["latency_runtime"].map(runtime_rank)}
     return table.assign(**rank).sort_values(["_v", "_r"]).drop(columns=list(rank)).reset_index(drop=True)
-
-
-def latency_spread(within_ci: float, seed_std: float) -> float:
-    """The noise of a latency, for ties: the wider of the median's 95 % CI within a run and the std over seeds.
-
-    The std, not a CI of the mean over seeds: with two seeds Student's t (12.7) would make every latency a tie.
-    NaN when neither was measured (one seed of an older experiment): `pareto_front` then uses its relative tolerance.
-    """
-    return float(np.fmax(within_ci, seed_std))
 
 
 def add_deltas(table: pd.DataFrame, latency: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -294,36 +296,6 @@ def add_deltas(table: pd.DataFrame, latency: pd.DataFrame | None = None) -> pd.D
     return table
 
 
-def pareto_front(table: pd.DataFrame, x: str, y: str = "test_acc_mean", rtol: float = 1e-3,
-                 spread: str | None = None) -> pd.DataFrame:
-    """The rows no other row beats on both `y` (higher is better) and `x` (lower is better), sorted by `x`.
-
-    Each cost is an interval x ± s: s is the row's `spread` column (e.g. a latency's 95 % CI half-width) where it has
-    one, else `rtol` relative. A row is cheaper than another only when the intervals do not overlap; overlapping
-    costs are ties. So of several identical networks whose latencies differ by noise none is picked, and a pruned model
-    that is four bytes smaller (one weight fewer survived) is not a trade-off worth listing when it is less accurate.
-    """
-    cand = table.dropna(subset=[x, y])
-    if "n" in cand:
-        cand = cand[cand["n"] > 0]  # failed / skipped / missing variants are not trade-off points
-    xs, ys = cand[x].to_numpy(float), cand[y].to_numpy(float)
-    s = np.abs(xs) * rtol
-    if spread is not None and spread in cand:
-        measured = cand[spread].to_numpy(float)
-        s = np.where(np.isnan(measured), s, measured)
-    xi, yi, si, xj, yj, sj = xs[:, None], ys[:, None], s[:, None], xs[None, :], ys[None, :], s[None, :]
-    no_costlier, cheaper = xj - sj <= xi + si, xj + sj < xi - si
-    # j dominates i: no worse on both axes and better on one, cost differences within the noise counting as equal
-    dominated = (no_costlier & (yj >= yi) & (cheaper | (yj > yi))).any(axis=1)
-    return cand[~dominated].sort_values([x, y], ascending=[True, False], kind="stable")
-
-
-def fastest(table: pd.DataFrame, x: str = "latency_ms_mean", spread: str = "latency_spread_ms",
-            rtol: float = 1e-3) -> pd.DataFrame:
-    """The ok rows no other row is faster than beyond the noise (x ± spread, as in `pareto_front`): often several."""
-    return pareto_front(table.assign(_flat=0.0), x, "_flat", rtol=rtol, spread=spread).drop(columns="_flat")
-
-
 def marginal(rows: pd.DataFrame, axis: str) -> pd.DataFrame:
     """Mean accuracy (± std, 95 % CI over ok seeds) by one axis; T and alpha over KD students, p over pruned.
 
@@ -358,7 +330,7 @@ def marginal(rows: pd.DataFrame, axis: str) -> pd.DataFrame:
 
 def _marginal_stats(g: pd.DataFrame) -> dict:
     """One marginal row's numbers over the ok seed rows `g` of one group (MARGINAL_STATS, and the stages in it)."""
-    mean, std, ci, n = describe(g["test_acc"])
+    mean, std, ci, n = mean_std_ci(g["test_acc"])
     return {"stage": "/".join(sorted(g["stage"].unique())), "variants": g["variant"].nunique(), "n": n,
             "test_acc_mean": mean, "test_acc_std": std, "test_acc_ci95": ci, "latency_ms_mean": g["latency_ms"].mean(),
             "size_nonzero_mb_mean": g["size_nonzero_mb"].mean(), "size_bytes_mean": g["size_bytes"].mean()}
