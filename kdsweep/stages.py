@@ -133,6 +133,9 @@ def _train(cfg: Config, v: Variant, paths: Paths, data: Dataset, device: torch.d
                 teacher_model = build_model(cfg.teacher.arch, data.num_classes, str(paths.model(tv)),
                                             cfg.teacher.bn_momentum, key="teacher")
                 logits_name = "online"
+                # building the teacher drew random initial weights before loading its own: re-seed, so the student
+                # starts from the same weights as with cached logits (the mode is not part of the config hash)
+                torch.manual_seed(v.seed)
         if v.stage == "pruned":
             model = load_model(cfg, plan_by_key[v.parent], paths, data.num_classes)
             set_bn_momentum(model, c.bn_momentum)

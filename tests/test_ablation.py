@@ -140,18 +140,33 @@ def test_ablation_sweep_trains_each_variant_once_and_resumes(tmp_path):
 
 
 @pytest.mark.slow
-def test_swept_student_augment_cached_logits_match_online_first_epoch_loss(tmp_path):
-    """Per swept student augmentation (RandAugment, Mixup), a KD student's first-epoch loss from the cached teacher
-    logits equals the one with the teacher run online on the same views (fp16 tolerance), and the cached logits are
-    the teacher's on the first batch of every cached epoch's views: the cache stays exact."""
+def test_swept_student_augment_cached_logits_are_the_online_teachers(tmp_path, monkeypatch):
+    """Per swept student augmentation (RandAugment, Mixup): the cached teacher logits are the teacher's on the views
+    the student sees, in every cached epoch (fp16 storage); and in training, the first step's soft targets from the
+    cache are the online teacher's on the same batch, the student's logits are identical, and so is the step's loss.
+
+    One step per epoch (the batch is the training set). Comparing first-epoch mean losses over several steps instead
+    measured Adam amplifying fp16 rounding: 0.2398 cached vs 0.2422 online on an AVX2 EPYC, outside rel 1e-2. The
+    one-step loss differs by at most 1.7e-6 relative (2026-12-07, Xeon native and ATEN_CPU_CAPABILITY=avx2)."""
     import torch
 
+    from kdsweep import engine
     from kdsweep.checkpoint import load_checkpoint
     from kdsweep.data import augment_params, load_dataset, train_batches, train_views
     from kdsweep.models import build_model
     from kdsweep.stages import ensure_teacher_logits, train_variant, view_of
 
-    overrides = TINY + ["sweep.student.arch=[mobilenet_v3_small]",
+    first_step: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+    now: list[tuple[str, str]] = []  # (mode, augmentation) of the variant training now
+
+    def recording(logits: torch.Tensor, t_logits: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        if now and t_logits is not None:  # a KD student's step (the teacher trains without soft targets)
+            first_step.setdefault(now[-1], (logits.detach().clone(), t_logits.detach().float().clone()))
+        return kd_loss(logits, t_logits, *args, **kwargs)
+
+    kd_loss = engine.kd_loss
+    monkeypatch.setattr(engine, "kd_loss", recording)
+    overrides = TINY + ["student.batch_size=160", "sweep.student.arch=[mobilenet_v3_small]",
                         "sweep.student.augment=[[crop,randaugment],[crop,mixup]]"]
     losses = {}
     for mode in ("cached", "online"):
@@ -159,14 +174,14 @@ def test_swept_student_augment_cached_logits_match_online_first_epoch_loss(tmp_p
         plan = make_plan(cfg)
         by_key, paths = plan.by_key(), Paths(tmp_path / mode)
         data = load_dataset(cfg.data)
+        assert len(train_batches(len(data.train_y), 160, 0, 0)) == 1
         teacher = plan.stage("teacher")[0]
         train_variant(cfg, teacher, paths, data, torch.device("cpu"), by_key)
         for v in plan.stage("student"):
+            aug = v.values["student.augment"][-1]
             if mode == "cached":
                 cache = load_checkpoint(ensure_teacher_logits(cfg, v.seed, paths, data, torch.device("cpu"), teacher,
                                                               v)).float()
-                # the cache holds what the teacher says on the very views the student sees: the loss at initialisation
-                # barely depends on the targets, so compare the logits themselves, batch by batch as training makes them
                 net = build_model(cfg.teacher.arch, data.num_classes, str(paths.model(teacher)), key="teacher").eval()
                 view, n = view_of(cfg, v), len(data.train_y)
                 for e in range(cache.shape[0]):
@@ -176,11 +191,17 @@ def test_swept_student_augment_cached_logits_match_online_first_epoch_loss(tmp_p
                                                  torch.device("cpu")).x)
                     assert (cache[e, idx] - online).abs().max() <= 1e-2 * online.abs().max()  # fp16 storage
                     assert (cache[e, idx.roll(1)] - online).abs().max() > 0.1 * online.abs().max()  # and it can fail
+            now.append((mode, aug))
             rec = train_variant(cfg, v, paths, data, torch.device("cpu"), by_key)
             assert rec["status"] == "ok"
             assert (rec["teacher_logits"] == "online") == (mode == "online")
-            losses[mode, v.values["student.augment"][-1]] = rec["history"][0]["train_loss"]
+            losses[mode, aug] = rec["history"][0]["train_loss"]
     assert {aug for _, aug in losses} == {"randaugment", "mixup"}
     for aug in ("randaugment", "mixup"):
-        assert losses["cached", aug] == pytest.approx(losses["online", aug], rel=1e-2)
+        (s_cached, t_cached), (s_online, t_online) = first_step["cached", aug], first_step["online", aug]
+        assert torch.equal(s_cached, s_online)  # same initialisation, same views: the same student logits
+        scale = t_online.abs().max()
+        assert (t_cached - t_online).abs().max() <= 1e-3 * scale  # the cache's fp16 rounding, nothing else
+        assert (t_cached.roll(1, 0) - t_online).abs().max() > 0.1 * scale  # another sample's targets would show
+        assert losses["cached", aug] == pytest.approx(losses["online", aug], rel=1e-4)
     assert losses["cached", "randaugment"] != losses["cached", "mixup"]  # the augmentations really differ
