@@ -86,7 +86,7 @@ def write_bytes(location: str | os.PathLike, data: bytes | memoryview) -> None:
 
     The one atomic write of kdsweep: results, records, checkpoints, ONNX files and analysis outputs all come here."""
     if is_local(location):
-        _atomic_write(local_path(location), data)
+        _atomic_write(os.path.abspath(local_path(location)), data)  # a bare file name has a folder too: the cwd
         return
     fs, path = resolve(location)
     with fs.open_output_stream(path) as f:  # the object appears only when the upload completes

@@ -143,6 +143,13 @@ def test_write_bytes_replaces_content(tmp_path):
     assert os.listdir(path.parent) == ["file.bin"]
 
 
+def test_write_bytes_to_a_bare_relative_file_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_bytes("bare.bin", b"in the working directory")
+    assert (tmp_path / "bare.bin").read_bytes() == b"in the working directory"
+    assert os.listdir(tmp_path) == ["bare.bin"]
+
+
 def test_write_bytes_failure_keeps_old_content(tmp_path):
     path = tmp_path / "file.bin"
     write_bytes(path, b"old")
