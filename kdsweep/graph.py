@@ -8,6 +8,7 @@ checkpoint.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import subprocess
 from collections.abc import Callable
@@ -38,6 +39,7 @@ def provenance() -> dict:
             "git_sha": _git_sha(), "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
+@functools.cache  # one `git rev-parse` per driver, not one per result row
 def _git_sha() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,

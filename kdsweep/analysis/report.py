@@ -8,8 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import storage
-from ..names import STAGES
-from .load import Experiment, experiment_from_rows, load_experiment, location
+from .load import STAGE_ORDER, Experiment, experiment_from_rows, load_experiment, location
 from .markdown import num, pm, text, tradeoffs_markdown
 from .pareto import fastest
 from .plots import metrics_grid, save_figure
@@ -101,8 +100,8 @@ def summary_table(df: pd.DataFrame) -> str:
     """A short fixed-width table, one line per variant and seed: status, accuracy, latency per runtime, sizes."""
     if df.empty:
         return "(no results)"
-    order = {s: i for i, s in enumerate(STAGES)}
-    df = df.assign(_o=df["stage"].map(order), _rt=df["runtime"].fillna("") + "@" + df["latency_device"].fillna(""))
+    df = df.assign(_o=df["stage"].map(STAGE_ORDER),
+                   _rt=df["runtime"].fillna("") + "@" + df["latency_device"].fillna(""))
     rts = [r for r in dict.fromkeys(df["_rt"]) if r != "@"]
     names = {r: r.split("@")[0].replace("onnxruntime", "ort") + ("" if r.endswith("@cpu") else "@gpu") for r in rts}
 
