@@ -199,6 +199,22 @@ class MeasureConfig(_Strict):
 class ResourcesConfig(_Strict):
     cpus_per_trial: float = Field(1, gt=0)
     gpus_per_trial: float = Field(0.25, ge=0)
+    fuse: Literal["auto", "off"] | int = Field(
+        "auto", description="train the KD students of one teacher (and same-shaped recoveries) as one fused model: "
+        "auto (on GPUs, up to 9 members per task, spread over the cluster's GPUs; off on CPU), off, or the most "
+        "members per fused task")
+    gpus_per_fused: float = Field(1.0, ge=0, description="GPUs a fused task asks Ray for (a whole one by default)")
+
+    @field_validator("fuse", mode="before")
+    @classmethod
+    def _fuse_word(cls, v: Any) -> Any:
+        if v is False:  # YAML 1.1 reads a bare `off` as false: take it as meant
+            return "off"
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if v in ("auto", "off") or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError(f"fuse must be auto, off or a positive number of members, got {v!r}")
 
 
 class Config(_Strict):

@@ -1,5 +1,6 @@
 """The one training loop every stage uses: AdamW, cosine/constant lr, KD from cached or online teacher logits,
-channels_last everywhere, bf16 autocast on CUDA, per-epoch metrics, atomic per-epoch checkpoints and exact resume."""
+channels_last everywhere, bf16 autocast on CUDA, per-epoch metrics, atomic per-epoch checkpoints and exact resume;
+one model alone or several fused into one (`fused`), with one host sync per epoch."""
 from __future__ import annotations
 
 import math
@@ -7,7 +8,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -18,7 +19,8 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import ViewSpec, augment_params, make_views, train_batches, train_views
 from .dataset import Dataset
 from .errors import CheckpointError, DivergedError
-from .losses import kd_loss
+from .fused import Fused, Solo, fused_accuracy
+from .losses import kd_losses
 from .measure import accuracy
 
 # A healthy run never climbs 1000x above its first batch loss; AdamW at an absurd lr (1e4) blows the loss up to
@@ -40,6 +42,24 @@ class TrainSpec:
     alpha: float = 0.0
     label_smoothing: float = 0.0
     epoch_offset: int = 0  # index of the first epoch in the replayable view stream (recovery follows the student)
+
+
+@dataclass
+class Member:
+    """One model of a training group: its own spec (temperature and alpha may differ), checkpoint and callbacks."""
+
+    model: nn.Module
+    spec: TrainSpec
+    checkpoint: str | Path | None = None
+    on_epoch: Callable[[dict], None] | None = None
+    tag: dict | None = None  # merged into every epoch row (e.g. which run of a retried trial trained that epoch)
+
+
+@dataclass
+class _Resumed:
+    history: list[dict]
+    epoch: int
+    optimizer: dict | None
 
 
 def pick_device(prefer: str = "auto") -> torch.device:
@@ -71,87 +91,173 @@ def train(model: nn.Module, data: Dataset, view: ViewSpec, spec: TrainSpec, devi
     `teacher_logits`) or, if only `teacher` is given, from an eval-mode teacher forward on the same views.
     `tag` is merged into every epoch row (e.g. which run of a retried trial trained that epoch). A corrupt
     checkpoint is reported, set aside as `<name>.corrupt`, and training starts over. With mixup/cutmix the hard
-    labels are mixed per sample (`kd_loss`), and `train_acc` counts a hit against the label of the image that
-    dominates the mix: the sample's own where lam >= 0.5, else its partner's.
+    labels are mixed per sample (`kd_losses`), and `train_acc` counts a hit against the label of the image that
+    dominates the mix: the sample's own where lam >= 0.5, else its partner's. Raises DivergedError at the end of
+    the epoch in which the loss went non-finite or exploded.
     """
-    kd = spec.alpha > 0
-    if kd and teacher is None and teacher_logits is None:
-        raise ValueError("alpha > 0 needs teacher_logits or a teacher")
-    _prepare(model, device)
-    if kd and teacher_logits is None:
-        _prepare(teacher, device).eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    n = len(data.train_y)
-    history: list[dict] = []
-    start = 0
-    ckpt = os.fspath(checkpoint) if checkpoint else None
+    out = train_group([Member(model, spec, checkpoint, on_epoch, tag)], data, view, device, teacher=teacher,
+                      teacher_logits=teacher_logits, evaluate=evaluate)[0]
+    if isinstance(out, DivergedError):
+        raise out
+    return out
+
+
+def _check_group(members: list[Member]) -> None:
+    shared = [replace(m.spec, temperature=0.0, alpha=0.0) for m in members]
+    if any(s != shared[0] for s in shared) or len({m.spec.alpha > 0 for m in members}) > 1:
+        raise ValueError("a training group's members may differ only in temperature and alpha (all KD or none)")
+
+
+def _resume(m: Member, device: torch.device) -> _Resumed:
+    """A member's saved history, next epoch and optimizer state; a corrupt checkpoint is set aside."""
+    ckpt = os.fspath(m.checkpoint) if m.checkpoint else None
     if ckpt and storage.exists(ckpt):
         try:
             state = load_checkpoint(ckpt, map_location=device)
-            saved_history, saved_epoch = list(state["history"]), int(state["epoch"])
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            history, start = saved_history, saved_epoch
+            history, epoch, opt = list(state["history"]), int(state["epoch"]), state["optimizer"]
+            m.model.load_state_dict(state["model"])
+            return _Resumed(history, epoch, opt)
         except (CheckpointError, KeyError, RuntimeError) as exc:
-            warnings.warn(f"{exc}; ignoring it and training from scratch", stacklevel=2)
+            warnings.warn(f"{exc}; ignoring it and training from scratch", stacklevel=3)
             storage.move(ckpt, ckpt + ".corrupt")
+    return _Resumed([], 0, None)
+
+
+def train_group(members: list[Member], data: Dataset, view: ViewSpec, device: torch.device, *,
+                teacher: nn.Module | None = None, teacher_logits: torch.Tensor | None = None,
+                evaluate: bool = True) -> list[list[dict] | DivergedError]:
+    """Train several models that share data, views and schedule (`train`'s loop) as one fused model (`fused.Fused`).
+
+    Each member resumes from its own checkpoint; members saved at different epochs (a kill between two saves) train
+    as one group per epoch reached, the laggards first. A member whose loss diverges is taken out of the group at
+    the end of that epoch (its result is the DivergedError, its checkpoint stays at the last good epoch); the others
+    go on. Returns each member's history, or its error. A group of one is the model itself, unfused.
+    """
+    _check_group(members)
+    if members[0].spec.alpha > 0 and teacher is None and teacher_logits is None:
+        raise ValueError("alpha > 0 needs teacher_logits or a teacher")
+    resumed = [_resume(m, device) for m in members]
+    out: list[list[dict] | DivergedError] = [r.history for r in resumed]
+    for start in sorted({r.epoch for r in resumed}):
+        idx = [i for i, r in enumerate(resumed) if r.epoch == start]
+        done = _run([members[i] for i in idx], [resumed[i] for i in idx], data, view, device, teacher,
+                    teacher_logits, evaluate)
+        for i, r in zip(idx, done):
+            out[i] = r
+    return out
+
+
+def _run(members: list[Member], resumed: list[_Resumed], data: Dataset, view: ViewSpec, device: torch.device,
+         teacher: nn.Module | None, teacher_logits: torch.Tensor | None,
+         evaluate: bool) -> list[list[dict] | DivergedError]:
+    """Members that resume from the same epoch, stepped together; the host syncs once per epoch."""
+    spec, start = members[0].spec, resumed[0].epoch
+    kd = spec.alpha > 0
+    models = [_prepare(m.model, device) for m in members]
+    if kd and teacher_logits is None:
+        _prepare(teacher, device).eval()
+    group = Solo(models[0], spec.lr, spec.weight_decay) if len(models) == 1 else \
+        Fused(models, spec.lr, spec.weight_decay)
+    if resumed[0].optimizer is not None:
+        group.load_optimizer([r.optimizer for r in resumed])
+    histories = [r.history for r in resumed]
+    out: list[list[dict] | DivergedError] = list(histories)
+    alive = list(range(len(members)))  # members[alive[j]] is the group's member j
+    temps = torch.tensor([m.spec.temperature for m in members], device=device)
+    alphas = torch.tensor([m.spec.alpha for m in members], device=device)
+    n = len(data.train_y)
     steps_per_epoch = len(train_batches(n, spec.batch_size, spec.seed, 0))
     total = spec.epochs * steps_per_epoch
     amp = device.type == "cuda"
     x_all = data.train_x.to(device) if device.type == "cuda" else data.train_x  # uint8 images fit on a GPU
     y_all = data.train_y.to(device)
-    first_loss: float | None = None
+    first: torch.Tensor | None = None  # each member's first batch loss of this run (the divergence yardstick)
     for epoch in range(start, spec.epochs):
+        if not alive:
+            break
         t0 = time.perf_counter()
         e = spec.epoch_offset + epoch
         torch.manual_seed(spec.seed * 1_000_003 + e)  # dropout draws: resume replays them exactly
         aug = augment_params(spec.seed, e, n, view)
-        model.train()
-        loss_sum, correct, seen, teacher_images = 0.0, 0, 0, 0
+        # the epoch's cached soft targets move to the device once, not per step
+        epoch_logits = teacher_logits[e].to(device) if kd and teacher_logits is not None else None
+        group.train()
+        b = len(alive)
+        # per-member sums stay on the device: the host reads them once, after the epoch
+        loss_sum = torch.zeros(b, device=device, dtype=torch.float64)
+        correct = torch.zeros(b, device=device, dtype=torch.int64)
+        bad_step = torch.full((b,), -1, device=device, dtype=torch.int64)
+        bad_loss = torch.zeros(b, device=device)
+        seen, teacher_images = 0, 0
         for i, idx in enumerate(train_batches(n, spec.batch_size, spec.seed, e)):
-            for g in opt.param_groups:
+            for g in group.opt.param_groups:
                 g["lr"] = _lr_at(spec, epoch * steps_per_epoch + i, total)
-            idx_d = idx.to(device)
+            idx_d = idx.to(device, non_blocking=True)
             v = train_views(x_all, idx, view, aug, device)
             x = v.x.contiguous(memory_format=torch.channels_last)
             y = y_all[idx_d]
-            y_mix = None if v.partner is None else y_all[v.partner.to(device)]
+            y_mix = None if v.partner is None else y_all[v.partner.to(device, non_blocking=True)]
             t_logits = None
             if kd:
-                if teacher_logits is not None:
-                    t_logits = teacher_logits[e, idx].to(device)
+                if epoch_logits is not None:
+                    t_logits = epoch_logits[idx_d]
                 else:
                     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                         t_logits = teacher(x)
                     teacher_images += len(idx)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(x)
-            loss = kd_loss(logits, t_logits, y, spec.temperature, spec.alpha, spec.label_smoothing,
-                           lam=v.lam, partner_targets=y_mix)
-            value = loss.item()
-            first_loss = value if first_loss is None else first_loss
-            if not math.isfinite(value) or value > DIVERGENCE_FACTOR * max(first_loss, 1.0):
-                kind = "non-finite" if not math.isfinite(value) else f"exploding (first batch {first_loss:.3g})"
-                raise DivergedError(f"{kind} loss {value:.3g} at epoch {epoch + 1}, step {i + 1}; "
-                                    f"lr {spec.lr:g} is likely too high")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+                logits = group.forward(x)
+            losses = kd_losses(logits, t_logits, y, temps, alphas, spec.label_smoothing, lam=v.lam,
+                               partner_targets=y_mix)
+            value = losses.detach()
+            first = value.clone() if first is None else first
+            newly = (~torch.isfinite(value) | (value > DIVERGENCE_FACTOR * first.clamp(min=1.0))) & (bad_step < 0)
+            bad_step = torch.where(newly, i, bad_step)
+            bad_loss = torch.where(newly, value, bad_loss)
+            group.opt.zero_grad(set_to_none=True)
+            losses.sum().backward()  # each member's parameters get only their own loss's gradient
+            group.opt.step()
             loss_sum += value * len(idx)
             hit_y = y if v.lam is None else torch.where(v.lam >= 0.5, y, y_mix)
-            correct += int((logits.argmax(1) == hit_y).sum())
+            correct += (logits.argmax(-1) == hit_y).sum(-1)
             seen += len(idx)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-               "teacher_forward_images": teacher_images, "epoch_seconds": time.perf_counter() - t0, **(tag or {})}
-        if evaluate:
-            row["test_acc"] = accuracy(model, data.test_x, data.test_y, view, device)
-        history.append(row)
-        if ckpt:
-            save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                             "history": history}, ckpt)
-        if on_epoch:
-            on_epoch(row)
-    return history
+        sums, hits, bad, worst = (t.tolist() for t in (loss_sum, correct, bad_step, bad_loss.double()))  # the sync
+        accs = _evaluate(group, models, alive, data, view, device) if evaluate else None
+        keep = []
+        for j, k in enumerate(alive):
+            m = members[k]
+            if bad[j] >= 0:
+                kind = "non-finite" if not math.isfinite(worst[j]) else f"exploding (first batch {first[j]:.3g})"
+                out[k] = DivergedError(f"{kind} loss {worst[j]:.3g} at epoch {epoch + 1}, step {bad[j] + 1}; "
+                                       f"lr {spec.lr:g} is likely too high")
+                continue
+            keep.append(j)
+            row = {"epoch": epoch + 1, "train_loss": sums[j] / seen, "train_acc": hits[j] / seen,
+                   "teacher_forward_images": teacher_images, "epoch_seconds": time.perf_counter() - t0,
+                   **(m.tag or {})}
+            if accs is not None:
+                row["test_acc"] = accs[j]
+            histories[k].append(row)
+            if m.checkpoint:
+                save_checkpoint({"model": group.state(j), "optimizer": group.optimizer_state(j), "epoch": epoch + 1,
+                                 "history": histories[k]}, m.checkpoint)
+            if m.on_epoch:
+                m.on_epoch(row)
+        if len(keep) < len(alive):
+            alive = [alive[j] for j in keep]
+            if alive:
+                group.keep(keep)
+                first, temps, alphas = first[keep], temps[keep], alphas[keep]
+    group.write_back([models[k] for k in alive])
+    return out
+
+
+def _evaluate(group: Solo | Fused, models: list[nn.Module], alive: list[int], data: Dataset, view: ViewSpec,
+              device: torch.device) -> list[float]:
+    """Test accuracy of every member: the module itself alone, one vmapped pass over the test split when fused."""
+    if isinstance(group, Solo):
+        return [accuracy(models[alive[0]], data.test_x, data.test_y, view, device)]
+    return fused_accuracy(group, data.test_x, data.test_y, view, device)
 
 
 @torch.no_grad()

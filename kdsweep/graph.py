@@ -19,6 +19,7 @@ from . import storage as store
 from .checkpoint import load_checkpoint
 from .config import Config
 from .errors import CheckpointError, ResultError
+from .fusion import fused_groups, group_id
 from .names import runtime_label
 from .paths import Paths, read_record
 from .plan import Plan, Variant, logits_key, teacher_of, variant_config
@@ -88,6 +89,7 @@ class Sweep:
         self.by_key = plan.by_key()
         self._verified: dict[tuple, bool] = {}
         self._left: set[str] = set()  # keys of the variants this run trains or re-times
+        self.fuse_limit, self.gpus = 1, 0.0  # members per fused task (1: none) and the cluster's GPUs; set by `run`
 
     # -- state ------------------------------------------------------------------------------------------
     def finished(self, v: Variant, explain: bool = False) -> bool:
@@ -188,18 +190,44 @@ class Sweep:
                 deps.append(lkey[v.key])  # recovery epochs distil too (usually implied by the parent)
             deps = [d for d in deps if d in todo_keys or d in logits]
             tasks.append(Task(v.key, "train", v.stage, tuple(deps), {"variant": v.to_dict()}))
+        tasks = self._fuse(tasks, todo)
         if left:
             # every model of the sweep is timed again, together: latencies from separate sessions are not comparable
             for v in self.plan:  # never read a latency measured for earlier weights of a variant
                 if store.exists(self.paths.latency(v)):
                     store.remove(self.paths.latency(v))
             self._left = {v.key for v in left}
-            tasks.append(Task("latency", "latency", "latency", tuple(t.id for t in tasks if t.kind == "train"),
+            tasks.append(Task("latency", "latency", "latency", tuple(t.id for t in tasks if t.kind != "logits"),
                               {"keys": [v.key for v in self.plan], "devices": self.devices}))
         return tasks
 
+    def _fuse(self, tasks: list[Task], todo: list[Variant]) -> list[Task]:
+        """Replace the train tasks of each fused group (`fusion.fused_groups`) by one fused task.
+
+        A fused task waits for every member's dependencies to finish, ok or not; a member whose own dependency
+        failed is skipped inside it, the others train (`member_deps`)."""
+        groups = fused_groups(self.cfg, todo, self.fuse_limit, self.gpus)
+        if not groups:
+            return tasks
+        by_id = {t.id: t for t in tasks}
+        fused, out = set(), []
+        for members in groups:
+            keys = [v.key for v in members]
+            fused |= set(keys)
+            member_deps = {k: list(by_id[k].deps) for k in keys}
+            deps = tuple(dict.fromkeys(d for k in keys for d in by_id[k].deps if d not in keys))
+            gid = group_id(members)
+            out.append(Task(gid, "fused", members[0].stage, deps, {
+                "variants": [v.to_dict() for v in members], "group": gid, "member_deps": member_deps}))
+        return [t for t in tasks if t.id not in fused] + out
+
     def write_rows(self, tasks: list[Task], done: dict[str, str], crashed: dict[str, str]) -> None:
         """Rows for this run's variants, parents first, so a skipped child can quote its parent's error."""
+        crashed = dict(crashed)
+        for t in tasks:  # a fused trial that raised even after its retries: every member it did not finish
+            if t.kind == "fused" and t.id in crashed:
+                for d in t.payload["variants"]:
+                    crashed.setdefault(Variant.from_dict(d).key, crashed[t.id])
         for t in tasks:
             if t.kind == "logits" and t.id in crashed:
                 self.echo(f"warning: teacher logits for seed {t.payload['seed']} failed: {crashed[t.id]}")

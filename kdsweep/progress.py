@@ -2,6 +2,7 @@
 stage, failures, best accuracy, elapsed time, ETA of the training left)."""
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
@@ -37,8 +38,11 @@ class Progress:
                 self.echo(f"[latency] queued: {len(task.payload['keys'])} model(s) x {', '.join(self.runtimes)}, "
                           "interleaved on one device once all training has finished")
             return
-        if task.kind == "train":
-            self.done[task.stage] = self.done.get(task.stage, 0) + 1
+        failed = status != "ok"
+        if task.kind in ("train", "fused"):
+            self.done[task.stage] = self.done.get(task.stage, 0) + len(task.members)
+            if task.kind == "fused":  # count the members that did not train, not the task
+                failed = sum(s != "ok" for s in json.loads(result.get("members") or "{}").values()) or failed
             stage, epochs = self.pending.pop(task.id, (task.stage, 0))
             start, end = result.get("trial_start"), result.get("trial_end")
             if status == "ok" and isinstance(start, float) and isinstance(end, float):
@@ -46,7 +50,7 @@ class Progress:
         acc = result.get("test_acc")
         if status == "ok" and isinstance(acc, float) and (self.best is None or acc > self.best):
             self.best = acc
-        self.failed += status != "ok"
+        self.failed += failed
         el = int(time.time() - self.start)
         counts = " ".join(f"{s} {self.done.get(s, 0)}/{n}" for s, n in self.total.items())
         best = f"{self.best:.4f}" if self.best is not None else "-"

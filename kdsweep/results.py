@@ -37,6 +37,8 @@ SCHEMA = pa.schema([
     ("onnx_file", pa.string()), ("onnx_max_abs_diff", pa.float64()), ("top1_agreement", pa.float64()),
     # swept config keys (the `sweep:` section) this variant depends on: a JSON object, dotted key -> value
     ("axes", pa.string()),
+    # the fused task (`resources.fuse`) that trained this variant together with others; null when it trained alone
+    ("fused_group", pa.string()),
 ])
 COLUMNS = SCHEMA.names
 

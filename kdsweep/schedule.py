@@ -27,10 +27,17 @@ RANK = {kind: i for i, kind in enumerate(PRIORITY)}
 
 @dataclass(frozen=True)
 class Task:
-    """One unit of work: train a variant, compute one seed's teacher logits, or time every trained model."""
+    """One unit of work: train a variant (or a fused group of them), compute teacher logits, or time every model."""
+
+    @property
+    def members(self) -> list[str]:
+        """The variant keys this task trains: a fused task's members, a train task's own key, else none."""
+        if self.kind == "fused":
+            return list(self.payload["member_deps"])
+        return [self.id] if self.kind == "train" else []
 
     id: str
-    kind: str  # train | logits | latency
+    kind: str  # train | fused | logits | latency
     stage: str  # teacher | baseline | student | pruned | quantized | logits | latency
     deps: tuple[str, ...] = ()
     payload: dict = field(default_factory=dict, hash=False, compare=False)
@@ -50,7 +57,7 @@ class DagSearcher(Searcher):
         self.max_waiters = max(0, slots - 1)
         self.signals, self.on_event = signals, on_event
         self.outstanding: dict[str, str] = {}  # Tune trial id -> task id
-        self.done: dict[str, str] = {}
+        self.done: dict[str, str] = {}  # task ids and (for fused tasks) their members' keys -> status
         storage.write_bytes(signals, b"{}")
 
     # Tune's Searcher interface ---------------------------------------------------------------------------------
@@ -62,7 +69,7 @@ class DagSearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict | str | None:
         self._drop_blocked()
-        running = set(self.outstanding.values())
+        running = {m for t in self.outstanding.values() for m in [t, *self.by_id[t].members]}
         pick = next((t for t in self.pending if self._ready(t)), None)
         if pick is None and self._waiters() < self.max_waiters:
             pick = next((t for t in self.pending if all(self._met(t, d) or d in running for d in t.deps)), None)
@@ -71,7 +78,9 @@ class DagSearcher(Searcher):
         self.pending.remove(pick)
         self.outstanding[trial_id] = pick.id
         self.on_event(pick, "start", {})
-        return {"task": pick.kind, "id": pick.id, "wait_for": [d for d in pick.deps if not self._met(pick, d)],
+        # a fused task hears every dependency's status (it skips the members behind a failed one)
+        wait = [d for d in pick.deps if pick.kind == "fused" or not self._met(pick, d)]
+        return {"task": pick.kind, "id": pick.id, "wait_for": wait,
                 "signals": self.signals, **pick.payload}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -90,12 +99,17 @@ class DagSearcher(Searcher):
     # internals ------------------------------------------------------------------------------------------------
     def _finish(self, task: Task, status: str, result: dict) -> None:
         self.done[task.id] = status
+        if task.kind == "fused":  # each member has its own outcome; without one (skipped, crashed) the task's
+            members = json.loads(result.get("members") or "{}")
+            for key in task.members:
+                self.done[key] = members.get(key, status)
         storage.write_bytes(self.signals, json.dumps(self.done).encode())
         self.on_event(task, status, result)
 
     def _met(self, task: Task, dep: str) -> bool:
-        # latency times whatever did train, so for it a failed dependency is a finished one
-        return self.done.get(dep) == "ok" or (task.kind == "latency" and dep in self.done)
+        # latency times whatever did train, and a fused task skips only the members behind a failed dependency,
+        # so for them a failed dependency is a finished one
+        return self.done.get(dep) == "ok" or (task.kind in ("latency", "fused") and dep in self.done)
 
     def _ready(self, task: Task) -> bool:
         return all(self._met(task, d) for d in task.deps)
@@ -110,6 +124,9 @@ class DagSearcher(Searcher):
             changed = False
             for t in list(self.pending):
                 bad = next((d for d in t.deps if d in self.done and self.done[d] != "ok"), None)
+                if t.kind == "fused":  # skipped only when every member is
+                    bad = bad if all(any(d in self.done and self.done[d] != "ok" for d in deps)
+                                     for deps in t.payload["member_deps"].values()) else None
                 if bad and t.kind != "latency":
                     self.pending.remove(t)
                     self._finish(t, f"skipped: {bad} {self.done[bad].split(':')[0]}", {})

@@ -9,6 +9,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import zstandard
@@ -71,7 +72,7 @@ def runtime_rows(cfg: Config, v: Variant, devices: list[str]) -> list[tuple[str,
     return out
 
 
-def _write_record(path: str, record: dict) -> None:
+def write_record(path: str, record: dict) -> None:
     storage.write_bytes(path, json.dumps(record, indent=1).encode())
 
 
@@ -105,58 +106,89 @@ def train_variant(cfg: Config, v: Variant, paths: Paths, data: Dataset, device: 
             record = {"status": "failed", "error": f"diverged: {exc}", "arch": arch_of(cfg, v)}
     record |= {"config_hash": v.config_hash, "warnings": list(dict.fromkeys(
         str(w.message) for w in caught if "kdsweep" in w.filename))} | (extra() if extra else {})
-    _write_record(paths.record(v), record)
+    write_record(paths.record(v), record)
     return record
 
 
-def _train(cfg: Config, v: Variant, paths: Paths, data: Dataset, device: torch.device,
-           plan_by_key: dict[str, Variant], on_epoch: Callable[[dict], None] | None) -> dict:
+@dataclass
+class Setup:
+    """A variant ready to train: its model (built, or loaded and pruned), spec, views and soft-target source."""
+
+    model: nn.Module
+    spec: TrainSpec
+    view: ViewSpec
+    runs: int
+    t0: float
+    teacher: nn.Module | None = None
+    logits: torch.Tensor | None = None
+    logits_name: str | None = None
+
+
+def setup_variant(cfg: Config, v: Variant, paths: Paths, data: Dataset, device: torch.device,
+                  plan_by_key: dict[str, Variant], logits: tuple[torch.Tensor, str] | None = None) -> Setup:
+    """Build what `engine.train` needs for one variant (`cfg` is already the variant's config); `logits`: a cache
+    another member of a fused group has loaded already."""
     t0 = time.perf_counter()
     view = view_of(cfg, v)
     runs = _bump_runs(paths, v)
-    teacher_model, logits, logits_name = None, None, None
+    teacher_model, logits_t, logits_name = None, None, None
     # a model built from scratch is initialised from the variant's seed, so one config hash means one set of weights
     torch.manual_seed(v.seed)
     if v.stage == "teacher":
         c = cfg.teacher
         model = build_model(c.arch, data.num_classes, c.weights, c.bn_momentum, key="teacher")
         spec = TrainSpec(c.epochs, c.lr, c.weight_decay, c.batch_size, c.schedule, v.seed)
-    else:
-        c = cfg.student
-        kd = dict(temperature=v.temperature or 1.0, alpha=v.alpha, label_smoothing=cfg.kd.label_smoothing)
-        if v.alpha > 0:
-            if cfg.kd.teacher_logits == "cached":
+        return Setup(model, spec, view, runs, t0)
+    c = cfg.student
+    kd = dict(temperature=v.temperature or 1.0, alpha=v.alpha, label_smoothing=cfg.kd.label_smoothing)
+    if v.alpha > 0:
+        if cfg.kd.teacher_logits == "cached":
+            if logits is None:
                 lp = paths.teacher_logits(cfg, v.seed)
-                logits, logits_name = load_checkpoint(lp), storage.basename(lp)
-            else:
-                tv = teacher_of(v, plan_by_key)
-                teacher_model = build_model(cfg.teacher.arch, data.num_classes, str(paths.model(tv)),
-                                            cfg.teacher.bn_momentum, key="teacher")
-                logits_name = "online"
-                # building the teacher drew random initial weights before loading its own: re-seed, so the student
-                # starts from the same weights as with cached logits (the mode is not part of the config hash)
-                torch.manual_seed(v.seed)
-        if v.stage == "pruned":
-            model = load_model(cfg, plan_by_key[v.parent], paths, data.num_classes)
-            set_bn_momentum(model, c.bn_momentum)
-            if v.prune_method == STRUCTURED:
-                _prune_structured(cfg, v, paths, model)  # traced on CPU, then moved
-                model.to(device)
-            else:
-                model.to(device)
-                apply_pruning(model, v.prune_amount, cfg.prune.scope)
-            if cfg.prune.recalibrate_bn:
-                # pruning shifts every activation; stale BN statistics alone can drop accuracy to chance
-                recalibrate_bn(model, data, view, device, batch_size=c.batch_size, seed=v.seed)
-            spec = TrainSpec(cfg.prune.recovery_epochs, cfg.prune.recovery_lr or c.lr, c.weight_decay, c.batch_size,
-                             "constant", v.seed, epoch_offset=c.epochs, **kd)
+                logits = load_checkpoint(lp), storage.basename(lp)
+            logits_t, logits_name = logits
         else:
-            model = build_model(c.arch, data.num_classes, c.weights, c.bn_momentum, key="student")
-            spec = TrainSpec(c.epochs, c.lr, c.weight_decay, c.batch_size, c.schedule, v.seed, **kd)
-    history = train(model, data, view, spec, device, teacher=teacher_model, teacher_logits=logits,
-                    checkpoint=paths.checkpoint(v), on_epoch=on_epoch, tag={"run": runs})
+            tv = teacher_of(v, plan_by_key)
+            teacher_model = build_model(cfg.teacher.arch, data.num_classes, str(paths.model(tv)),
+                                        cfg.teacher.bn_momentum, key="teacher")
+            logits_name = "online"
+            # building the teacher drew random initial weights before loading its own: re-seed, so the student
+            # starts from the same weights as with cached logits (the mode is not part of the config hash)
+            torch.manual_seed(v.seed)
+    if v.stage == "pruned":
+        model = load_model(cfg, plan_by_key[v.parent], paths, data.num_classes)
+        set_bn_momentum(model, c.bn_momentum)
+        if v.prune_method == STRUCTURED:
+            _prune_structured(cfg, v, paths, model)  # traced on CPU, then moved
+            model.to(device)
+        else:
+            model.to(device)
+            apply_pruning(model, v.prune_amount, cfg.prune.scope)
+        if cfg.prune.recalibrate_bn:
+            # pruning shifts every activation; stale BN statistics alone can drop accuracy to chance
+            recalibrate_bn(model, data, view, device, batch_size=c.batch_size, seed=v.seed)
+        spec = TrainSpec(cfg.prune.recovery_epochs, cfg.prune.recovery_lr or c.lr, c.weight_decay, c.batch_size,
+                         "constant", v.seed, epoch_offset=c.epochs, **kd)
+    else:
+        model = build_model(c.arch, data.num_classes, c.weights, c.bn_momentum, key="student")
+        spec = TrainSpec(c.epochs, c.lr, c.weight_decay, c.batch_size, c.schedule, v.seed, **kd)
+    return Setup(model, spec, view, runs, t0, teacher_model, logits_t, logits_name)
+
+
+def _train(cfg: Config, v: Variant, paths: Paths, data: Dataset, device: torch.device,
+           plan_by_key: dict[str, Variant], on_epoch: Callable[[dict], None] | None) -> dict:
+    s = setup_variant(cfg, v, paths, data, device, plan_by_key)
+    history = train(s.model, data, s.view, s.spec, device, teacher=s.teacher, teacher_logits=s.logits,
+                    checkpoint=paths.checkpoint(v), on_epoch=on_epoch, tag={"run": s.runs})
+    return finish_variant(cfg, v, paths, data, device, s, history)
+
+
+def finish_variant(cfg: Config, v: Variant, paths: Paths, data: Dataset, device: torch.device, s: Setup,
+            history: list[dict], fused_group: str | None = None) -> dict:
+    """Evaluate, save, size and export a trained variant: its trained record."""
+    model = s.model
     make_permanent(model)
-    test_acc = accuracy(model, data.test_x, data.test_y, view, device)  # where it trained, before it moves to the CPU
+    test_acc = accuracy(model, data.test_x, data.test_y, s.view, device)  # where it trained, before the CPU
     model.cpu()
     save_checkpoint(model.state_dict(), paths.model(v))
     size = model_size(model)
@@ -166,14 +198,14 @@ def _train(cfg: Config, v: Variant, paths: Paths, data: Dataset, device: torch.d
         "params": size.params, "nonzero_params": size.nonzero_params, "sparsity": size.sparsity,
         "size_mb": size.size_mb, "size_nonzero_mb": size.size_nonzero_mb, "size_compressed_mb": size.size_compressed_mb,
         "macs": count_macs(model, cfg.data.image_size),
-        "train_seconds": time.perf_counter() - t0, "epochs_run": len(history), "train_runs": runs,
+        "train_seconds": time.perf_counter() - s.t0, "epochs_run": len(history), "train_runs": s.runs,
         "teacher_forward_images": sum(r["teacher_forward_images"] for r in history),
-        "teacher_logits": logits_name, "arch": arch_of(cfg, v),
-        "conv_sparsity": sparsity_report(model).sparsity,
+        "teacher_logits": s.logits_name, "arch": arch_of(cfg, v),
+        "conv_sparsity": sparsity_report(model).sparsity, "fused_group": fused_group,
         "history": history,
     }
     if needs_onnx(cfg):
-        record |= export_variant(cfg, v, paths, model, data, view)
+        record |= export_variant(cfg, v, paths, model, data, s.view)
     return record
 
 

@@ -18,6 +18,7 @@ from .config import Config, load_config
 from .data import load_dataset
 from .dataset import to_arrays
 from .errors import ConfigError, last_line, one_line
+from .fusion import describe_fusion, fuse_limit
 from .graph import Sweep
 from .names import STAGES
 from .plan import Plan, describe, make_plan, planned_epochs
@@ -82,17 +83,29 @@ def execute(sweep: Sweep, progress: Progress, shared: list, gpus: float, slots: 
     cfg, tasks = sweep.cfg, sweep.tasks()
     if not tasks:
         return
-    train = [t for t in tasks if t.kind == "train"]
-    progress.total = {s: n for s in STAGES if (n := sum(t.stage == s for t in train))}
+    train = [t for t in tasks if t.kind in ("train", "fused")]
+    progress.total = {s: n for s in STAGES if (n := sum(len(t.members) for t in train if t.stage == s))}
     progress.slots = slots
-    progress.pending = {t.id: (t.stage, planned_epochs(cfg, sweep.by_key[t.id])) for t in train}
+    progress.pending = {t.id: (t.stage, planned_epochs(cfg, sweep.by_key[t.members[0]])) for t in train}
     if train:
-        sweep.echo(f"[sweep] training {len(train)} variant(s): "
+        sweep.echo(f"[sweep] training {sum(len(t.members) for t in train)} variant(s): "
                    + ", ".join(f"{s} {n}" for s, n in progress.total.items()) + f"; {slots} trial slot(s)")
+    cpus = cfg.resources.cpus_per_trial
+    fused_gpus = min(cfg.resources.gpus_per_fused, sweep.gpus)  # never more than the cluster has
+    fused = [t for t in train if t.kind == "fused"]
+    if fused:
+        sizes = ", ".join(f"{t.stage} {len(t.members)}" for t in fused)
+        sweep.echo(f"[sweep] fused training: {len(fused)} task(s) of one model each ({sizes} members), "
+                   f"{fused_gpus:g} GPU each")
     run_name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     searcher = DagSearcher(tasks, slots, sweep.paths.signals(run_name), progress.event)
-    res = {"cpu": cfg.resources.cpus_per_trial, "gpu": gpus}
-    trainable = tune.with_resources(tune.with_parameters(run_task, shared=shared), res)
+
+    def resources(config: dict) -> tune.PlacementGroupFactory:
+        """A fused task gets `gpus_per_fused` (a whole GPU by default); every other task `gpus_per_trial`."""
+        gpu = fused_gpus if config["task"] == "fused" else gpus
+        return tune.PlacementGroupFactory([{"CPU": cpus} | ({"GPU": gpu} if gpu else {})])
+
+    trainable = tune.with_resources(tune.with_parameters(run_task, shared=shared), resources)
 
     def name_of(trial: tune.experiment.Trial) -> str:
         return trial.config["id"]
@@ -134,6 +147,7 @@ def run(config: str | Path | dict | Config, overrides: list[str] | None = None, 
     _check_storage(exp)
     plan = make_plan(cfg)
     echo(describe(plan, cfg))
+    echo(describe_fusion(plan, cfg))
     if dry_run:
         return exp
     data = load_dataset(cfg.data)  # missing/corrupt data fails here, before Ray starts or anything is written
@@ -162,6 +176,8 @@ def run(config: str | Path | dict | Config, overrides: list[str] | None = None, 
                    "cpus_per_trial": cfg.resources.cpus_per_trial}]
         progress = Progress(echo, time.time(), cfg.measure.runtimes)
         sweep = Sweep(cfg, exp, plan, echo, devices)
+        sweep.gpus = gpus_total
+        sweep.fuse_limit = fuse_limit(cfg.resources.fuse, gpus_total)
         execute(sweep, progress, shared, gpus, cluster.trial_slots(cfg.resources.cpus_per_trial, gpus))
     finally:
         if started:

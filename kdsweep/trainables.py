@@ -4,7 +4,9 @@ What a trial process imports starts here: the training stack and Ray, never the 
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import json
 import os
 import sys
 
@@ -14,6 +16,7 @@ from ray import tune
 
 from .config import Config
 from .dataset import Dataset, from_arrays
+from .fused_stage import train_fused
 from .heartbeat import Heartbeat, hostname, now
 from .paths import Paths, read_record
 from .plan import Variant, planned_epochs
@@ -64,12 +67,15 @@ def run_task(config: dict, shared: list) -> None:
 def _run_task(config: dict, shared: list) -> None:
     statuses = wait_for(config["wait_for"], config["signals"])
     blocked = [f"{d} {s.split(':')[0]}" for d, s in statuses.items() if s != "ok"]
-    if blocked and config["task"] != "latency":  # a dependency failed while this trial waited for it
+    # a dependency failed while this trial waited for it (latency times what trained; a fused task skips members)
+    if blocked and config["task"] not in ("latency", "fused"):
         tune.report({"status": "skipped", "error": blocked[0], "final": True})
         return
     cfg, paths, plan, data = _context(shared)
     if config["task"] == "train":
         _train(cfg, paths, plan, data, Variant.from_dict(config["variant"]))
+    elif config["task"] == "fused":
+        _fused(cfg, paths, plan, data, config, statuses)
     elif config["task"] == "logits":
         ensure_teacher_logits(cfg, config["seed"], paths, data, trial_device(), plan[config["teacher"]],
                               plan[config["student"]])
@@ -91,11 +97,53 @@ def _train(cfg: Config, paths: Paths, plan: dict[str, Variant], data: Dataset, v
 
     with beat:
         record = train_variant(cfg, v, paths, data, trial_device(), plan, on_epoch=on_epoch,
-                               extra=lambda: {"node": hostname(), "node_ip": ray.util.get_node_ip_address(),
-                                              "node_id": ray.get_runtime_context().get_node_id(),
-                                              "gpu_ids": gpu_ids, "trial_start": start, "trial_end": now()})
+                               extra=lambda: _placement(start, gpu_ids))
     tune.report({"key": v.key, "final": True, "status": record["status"], "error": record.get("error"),
                  "test_acc": record.get("test_acc"), "trial_start": start, "trial_end": record.get("trial_end")})
+
+
+def _placement(start: float, gpu_ids: str) -> dict:
+    return {"node": hostname(), "node_ip": ray.util.get_node_ip_address(),
+            "node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": gpu_ids, "trial_start": start,
+            "trial_end": now()}
+
+
+def _fused(cfg: Config, paths: Paths, plan: dict[str, Variant], data: Dataset, config: dict,
+           statuses: dict[str, str]) -> None:
+    """Train a fused task's members as one model; members behind a failed dependency are skipped, alone."""
+    start = now()
+    gpu_ids = ",".join(str(g) for g in ray.get_gpu_ids())
+    members: dict[str, str] = {}
+    run = []
+    for d in config["variants"]:
+        v = Variant.from_dict(d)
+        bad = next((f"{dep} {statuses[dep].split(':')[0]}" for dep in config["member_deps"][v.key]
+                    if statuses.get(dep, "ok") != "ok"), None)
+        if bad:
+            members[v.key] = f"skipped: {bad}"
+        else:
+            run.append(v)
+    beats = {v.key: Heartbeat(paths.trial(v), {"pid": os.getpid(), "node": hostname(), "gpu_ids": gpu_ids,
+                                               "start": start, "epochs": planned_epochs(cfg, v)}) for v in run}
+
+    def on_epoch(v: Variant, row: dict) -> None:
+        beats[v.key].epoch(row["epoch"])
+        tune.report({**row, "key": v.key})
+
+    records = {}
+    if run:
+        with contextlib.ExitStack() as stack:
+            for beat in beats.values():
+                stack.enter_context(beat)
+            records = train_fused(cfg, run, paths, data, trial_device(), plan, config["group"], on_epoch,
+                                  extra=lambda v: _placement(start, gpu_ids))
+    for key, rec in records.items():
+        members[key] = "ok" if rec["status"] == "ok" else f"{rec['status']}: {rec.get('error')}"
+    accs = [r["test_acc"] for r in records.values() if r.get("status") == "ok"]
+    errors = [s for s in members.values() if s != "ok"]
+    tune.report({"final": True, "status": "failed" if errors else "ok", "error": errors[0] if errors else None,
+                 "members": json.dumps(members), "test_acc": max(accs) if accs else None,
+                 "trial_start": start, "trial_end": now()})
 
 
 def _latency(cfg: Config, paths: Paths, plan: dict[str, Variant], data: Dataset, keys: list[str],
