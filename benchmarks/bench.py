@@ -15,6 +15,8 @@ times better ours is": baseline/ours for times and memory, ours/baseline for thr
   input_pipeline_224               make_views (uint8 in memory, batched) vs a PIL transforms DataLoader, images/s
   packing                          aggregate student-training images/s, 4 vs 1 trials per device (2 in params)
   latency_pruned_vs_dense          batch-1 latency, dense vs 50 %-pruned MobileNetV3-Small (expect ratio ~ 1)
+  fused_students                   B in {1, 3, 9} KD students: fused (torch.func, HFTA-style) vs one after another
+                                   vs B packed processes, aggregate images/s (benchmarks/fused.py); ratio at B = 9
   memory                           peak RSS of one trial process, per-cell grid vs kdsweep; driver, tree, sharing
 
 Timings belong here, never in tests. Ray is started once, on loopback, and shut down at the end.
@@ -53,10 +55,12 @@ QUICK_SWEEP = ["data.train_limit=128", "data.test_limit=64", "teacher.epochs=1",
 SIZES = {
     True: dict(kd224_n=128, kd224_batch=64, kd32_n=512, kd32_batch=64, pipe_n=512, pipe_batch=64,
                pack_size=32, pack_batch=64, pack_subset=128, pack_window=2.0, pack_dataset_n=50_000,
-               lat_size=224, lat_warmup=10, lat_iters=50, lat_repeats=5),
+               lat_size=224, lat_warmup=10, lat_iters=50, lat_repeats=5, fused_size=32, fused_batch=64,
+               fused_steps=10),
     False: dict(kd224_n=4096, kd224_batch=128, kd32_n=16384, kd32_batch=128, pipe_n=8192, pipe_batch=128,
                 pack_size=224, pack_batch=128, pack_subset=1024, pack_window=20.0, pack_dataset_n=50_000,
-                lat_size=224, lat_warmup=20, lat_iters=200, lat_repeats=5),
+                lat_size=224, lat_warmup=20, lat_iters=200, lat_repeats=5, fused_size=224, fused_batch=128,
+                fused_steps=20),
 }
 GOALS = {
     "sweep_vs_percell_full": "CPU smoke grid >= 3x; GPU seed grid >= 5x",
@@ -67,6 +71,7 @@ GOALS = {
     "packing": "GPU >= 1.5x",
     "latency_pruned_vs_dense": "~1 (unstructured pruning keeps dense kernels)",
     "memory": "dataset memory flat in the number of trials",
+    "fused_students": "GPU: 9 fused >= 3x 4 packed trials and >= 1.5x one student alone; CPU: measured, decides auto",
 }
 T0 = time.perf_counter()
 
@@ -632,6 +637,21 @@ def bench_latency(size: int, warmup: int, iters: int, repeats: int, device, thre
     return make_entry("latency_pruned_vs_dense", d, p, "ms", False, params, m, threads)
 
 
+def bench_fused(sizes: dict, device, threads: int, m: dict) -> dict:
+    """fused_students: benchmarks/fused.py's arms at B in {1, 3, 9}; the entry's ratio is fused vs sequential at 9."""
+    import fused
+
+    rows = fused.bench_fused_students(sizes["fused_size"], sizes["fused_batch"], sizes["fused_steps"], [1, 3, 9],
+                                      device, threads)
+    ips = {(r["arm"], r["B"]): r["images_per_s"] for r in rows if "error" not in r}
+    best = max(ips.get(("fused_torchfunc", 9), 0.0), ips.get(("fused_hfta", 9), 0.0))
+    params = {"what": "aggregate KD-student training images/s (MobileNetV3-Small, AdamW, fixed teacher logits), "
+                      "steady state after warm-up; baseline: the 9 students one after another in one process",
+              "image_size": sizes["fused_size"], "batch": sizes["fused_batch"], "steps": sizes["fused_steps"],
+              "threads": threads, "rows": rows, "decisive": fused.decisive(rows)}
+    return make_entry("fused_students", ips[("sequential", 9)], best, "images/s", True, params, m, threads)
+
+
 # --- entries, table ------------------------------------------------------------------------------------------------
 
 def make_entry(name: str, baseline: float, ours: float, unit: str, higher_is_better: bool, params: dict, m: dict,
@@ -658,8 +678,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for the sweep comparison (after the --quick reductions)")
     p.add_argument("--repeats", type=int, default=3, help="alternations of baseline and ours (>= 3)")
-    p.add_argument("--only", default="sweep,kd224,kd32,pipeline,latency,packing",
-                   help="comma-separated subset of sweep,kd224,kd32,pipeline,latency,packing")
+    p.add_argument("--only", default="sweep,kd224,kd32,pipeline,latency,packing,fused_students",
+                   help="comma-separated subset of sweep,kd224,kd32,pipeline,latency,packing,fused_students")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers of the reference input pipeline")
     p.add_argument("--storage", default=None, help="where the sweeps write (default: a temp dir, removed)")
     p.add_argument("--keep", action="store_true", help="keep the sweeps' experiment folders")
@@ -713,6 +733,9 @@ def main(argv: list[str] | None = None) -> int:
             pack, share = bench_packing(sizes["pack_size"], sizes["pack_batch"], sizes["pack_subset"],
                                         sizes["pack_window"], sizes["pack_dataset_n"], args.repeats, device, gpu, m)
             entries.append(pack)
+        if "fused_students" in only:
+            log("fused_students ...")
+            entries.append(bench_fused(sizes, device, threads if gpu else os.cpu_count() or 1, m))
         if "sweep" in only:
             b = [x["trial_peak_rss_mb"] for x in sweep_mem["percell_full"]]
             o = [x["trial_peak_rss_mb"] for x in sweep_mem["ours"]]

@@ -9,6 +9,9 @@ benchmarks/RESULTS.md), both rewritten after each section so that a run cut shor
 Sections, in this order (the optional ones are skipped, and say so, when `--budget-s` would be overrun):
 
   env            GPU name, driver, memory; torch / CUDA / cuDNN / ONNX Runtime (and its providers) / Ray versions; CPU
+  fused_students first, the decisive one (issue 23): 9 KD students fused vs one alone vs 4 packed trials (with and
+                 without CUDA MPS when nvidia-cuda-mps-control exists), then B in {1, 3, 9} for every arm, with and
+                 without torch.compile, 224 px, batch 128 (benchmarks/fused.py)
   cuda_tests     `pytest -m cuda tests/test_cuda.py` in a subprocess: outcome of every test (skips with their reason)
   seed_grid      configs/seed.yaml (38 variants, 224 px) on CIFAR-10-shaped synthetic data, `weights: none`, training
                  set scaled to N1 images (test set N1/5, as CIFAR-10's 50,000/10,000)
@@ -47,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 import bench  # noqa: E402 - importable once sys.path holds benchmarks/
+import fused  # noqa: E402 - importable once sys.path holds benchmarks/
 import percell  # noqa: E402 - importable once sys.path holds benchmarks/
 
 FULL_TRAIN = 50_000  # CIFAR-10's labelled training set
@@ -55,6 +59,7 @@ GOALS = {
     "percell": ">= 5x the per-cell grid",
     "pipeline": ">= 10x the PIL DataLoader",
     "packing": "4 trials per GPU >= 1.5x the aggregate throughput of 1",
+    "fused_students": "9 fused >= 3x the aggregate images/s of 4 packed trials and >= 1.5x one student alone",
 }
 # The seed recipe as the acceptance runs it: CIFAR-10-shaped synthetic data (no download), no pretrained weights
 # (no network), everything else as configs/seed.yaml says.
@@ -66,11 +71,11 @@ SMOKE_OVERRIDES = ["data.image_size=32", "teacher.epochs=1", "student.epochs=1",
 SIZES = {  # per mode: training images of the two seed-grid runs and the micro-benchmarks' sizes
     "gpu": dict(n1=512, n2=3072, kd_n=2048, kd_batch=128, pipe_n=8192, pipe_batch=128, pipe_workers=8,
                 lat_warmup=20, lat_iters=200, lat_archs=("mobilenet_v3_small", "resnet18"), pack_size=224,
-                pack_batch=128, pack_subset=1024, pack_window=2.0,
-                repeats=3, tests_timeout=180),
+                pack_batch=128, pack_subset=1024, pack_window=2.0, fused_size=224, fused_batch=128, fused_steps=20,
+                fused_bs=(1, 3, 9), repeats=3, tests_timeout=180),
     "smoke": dict(n1=48, n2=96, kd_n=32, kd_batch=16, pipe_n=64, pipe_batch=16, pipe_workers=0, lat_warmup=1,
                   lat_iters=3, lat_archs=("mobilenet_v3_small",), pack_size=32, pack_batch=16, pack_subset=32,
-                  pack_window=0.2, repeats=1,
+                  pack_window=0.2, fused_size=32, fused_batch=8, fused_steps=2, fused_bs=(1, 3), repeats=1,
                   tests_timeout=300),
 }
 # seconds a section is expected to need at most on the GPU: an optional section starts only if this much is left
@@ -278,6 +283,13 @@ def latency_torch_vs_ort(size: int, warmup: int, iters: int, device, archs: tupl
     return out
 
 
+def fused_students(z: dict, device) -> dict:
+    """benchmarks/fused.py on this device: the decisive arms first, then every arm at each B."""
+    rows = fused.bench_fused_students(z["fused_size"], z["fused_batch"], z["fused_steps"], list(z["fused_bs"]), device,
+                                      threads=1, compile_=device.type == "cuda", mps=True)
+    return {"rows": rows, "decisive": fused.decisive(rows), "hfta_max_abs_diff": fused.check_hfta()}
+
+
 def markdown(res: dict) -> str:
     """The RESULTS.md section: one table of the acceptance goals, then the details."""
     env, s = res.get("env", {}), res["sections"]
@@ -301,6 +313,13 @@ def markdown(res: dict) -> str:
             return None
         return v
 
+    if (f := state("fused_students")) is not None:
+        d = f.get("decisive", {})
+        row(f"fused students: {d.get('B')} fused ({d.get('fused_arm')}) vs one alone / 4 packed (/ 4 packed + MPS)",
+            f"{d.get('fused_images_per_s')} images/s: {d.get('vs_alone')}x / {d.get('vs_packed4')}x"
+            + (f" / {d['vs_packed4_mps']}x" if "vs_packed4_mps" in d else ""), GOALS["fused_students"])
+        for r in f["rows"]:
+            row(f"· {r['arm']}, B = {r['B']}", r.get("error") or f"{r['images_per_s']:.0f} images/s")
     if (t := state("cuda_tests")) is not None:
         row("cuda tests", ", ".join(f"{k} {n}" for k, n in t["counts"].items()) + f" ({t['seconds']} s)")
         for name, v in t["tests"].items():
@@ -397,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     res["env"] = env_info()
     log(f"env: {res['env']}")
     save()
+    section("fused_students", lambda: fused_students(z, device), optional=False)
     # the tests start their own Ray (the packing test through kdsweep.run): before ours, not beside it
     section("cuda_tests", lambda: cuda_tests(out_dir, z["tests_timeout"], args.cuda_tests), optional=False)
     gpus = torch.cuda.device_count() if mode == "gpu" else 0

@@ -161,11 +161,11 @@ def test_swept_student_augment_cached_logits_are_the_online_teachers(tmp_path, m
 
     def recording(logits: torch.Tensor, t_logits: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         if now and t_logits is not None:  # a KD student's step (the teacher trains without soft targets)
-            first_step.setdefault(now[-1], (logits.detach().clone(), t_logits.detach().float().clone()))
-        return kd_loss(logits, t_logits, *args, **kwargs)
+            first_step.setdefault(now[-1], (logits[0].detach().clone(), t_logits.detach().float().clone()))
+        return kd_losses(logits, t_logits, *args, **kwargs)
 
-    kd_loss = engine.kd_loss
-    monkeypatch.setattr(engine, "kd_loss", recording)
+    kd_losses = engine.kd_losses  # the engine's loss of its (M, B, C) member logits; one member here
+    monkeypatch.setattr(engine, "kd_losses", recording)
     overrides = TINY + ["student.batch_size=160", "sweep.student.arch=[mobilenet_v3_small]",
                         "sweep.student.augment=[[crop,randaugment],[crop,mixup]]"]
     losses = {}

@@ -28,7 +28,7 @@ TA = [(2.0, 0.5), (4.0, 0.7), (6.0, 0.9)]  # three members: they differ only in 
 LS = 0.05
 VIEWS = {"plain": [], "randaugment": ["randaugment"], "mixup": ["mixup"]}
 STEP_TOL, EPOCH_TOL, ACC_TOL = 1e-5, 1e-3, 0.01
-ACC_FLOOR = {"unstructured": 0.70, "structured": 0.45}  # after one 8-step recovery epoch (measured: RESULTS.md)
+ACC_FLOOR = {"unstructured": 0.80, "structured": 0.65}  # after one 23-step recovery epoch (measured: RESULTS.md)
 
 
 def _student(seed: int = 0) -> torch.nn.Module:
@@ -103,8 +103,6 @@ def test_first_kd_step_matches_separate_runs(digits, teacher, views):
 def _compare(separate: list[list[dict]], fused: list[list[dict]], loss: bool = True, acc: bool = True) -> None:
     for s, f in zip(separate, fused):
         assert len(s) == len(f)
-        print("MEASURED loss", abs(f[0]["train_loss"] - s[0]["train_loss"]) / s[0]["train_loss"],
-              "acc", abs(f[-1]["test_acc"] - s[-1]["test_acc"]), s[-1]["test_acc"])
         if loss:
             assert abs(f[0]["train_loss"] - s[0]["train_loss"]) <= EPOCH_TOL * s[0]["train_loss"]
         if acc:
@@ -170,15 +168,20 @@ def test_fused_recoveries_match_separate_ones(digits, small_digits, students, ki
     full, cfg = digits
     view = _view(cfg, "plain")
     # the first step on the full set's first batch (on some batches a pruned network's gradient is ill-conditioned:
-    # benchmarks/RESULTS.md, "Fused students"), then one recovery epoch of 8 steps
+    # benchmarks/RESULTS.md, "Fused students"), then one recovery epoch of 8 steps: its mean loss
     _first_step(_pruned(parents, kind, full, view), full, view, logits[4:], TA)
     data = small_digits[0]
-    logits = logits[:, :len(data.train_y)]  # train_limit keeps the first images
     sep = _pruned(parents, kind, data, view)
     shapes = {tuple(tuple(t.shape) for t in m.state_dict().values()) for m in sep}
     assert len(shapes) == 1  # one fusable shape
-    separate, fused = _kd_runs(data, view, logits, 1, sep, _pruned(parents, kind, data, view), offset=4)
-    _compare(separate, fused)
+    separate, fused = _kd_runs(data, view, logits[:, :len(data.train_y)], 1, sep, _pruned(parents, kind, data, view),
+                               offset=4)  # train_limit keeps the first images
+    _compare(separate, fused, acc=False)
+    # accuracy after a whole recovery epoch (23 steps): after 8 the networks sit at 0.5-0.6, where a handful of test
+    # images flip on float noise alone (RESULTS.md)
+    separate, fused = _kd_runs(full, view, logits, 1, _pruned(parents, kind, full, view),
+                               _pruned(parents, kind, full, view), offset=4)
+    _compare(separate, fused, loss=False)
     for s in separate:  # they recovered: the comparison is between real classifiers
         assert s[-1]["test_acc"] >= ACC_FLOOR[kind]
 
@@ -205,7 +208,7 @@ def test_a_diverging_member_leaves_its_group_and_the_others_finish(small, tmp_pa
     assert isinstance(out[1], DivergedError) and "non-finite loss" in str(out[1]) and "epoch 1, step 1" in str(out[1])
     assert not ckpts[1].exists()  # no good epoch to keep
     separate = [train(_student(), data, view, s, CPU, teacher_logits=logits) for s in _specs(2, [TA[0], TA[2]])]
-    for s, f, c in zip(separate, [out[0], out[2]], [ckpts[0], ckpts[2]]):
+    for f, c in zip([out[0], out[2]], [ckpts[0], ckpts[2]]):
         assert [r["epoch"] for r in f] == [1, 2] and load_checkpoint(c)["epoch"] == 2
         assert all(math.isfinite(r["train_loss"]) for r in f)
     _compare(separate, [out[0], out[2]])

@@ -25,7 +25,8 @@ def test_gpu_acceptance_cpu_smoke_writes_every_entry(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "gpu_acceptance.json").read_text())
     s = res["sections"]
-    assert list(s) == ["cuda_tests", "seed_grid", "percell", "kd224", "pipeline", "packing", "latency", "seed_grid_n2"]
+    assert list(s) == ["fused_students", "cuda_tests", "seed_grid", "percell", "kd224", "pipeline", "packing",
+                       "latency", "seed_grid_n2"]
     assert s.pop("seed_grid_n2") == {"skipped": "--skip"}
     assert not [k for k, v in s.items() if "error" in v or "skipped" in v]
     assert res["env"]["torch"] and res["env"]["onnxruntime"] and res["env"]["cores"] >= 1
@@ -47,6 +48,11 @@ def test_gpu_acceptance_cpu_smoke_writes_every_entry(tmp_path: Path) -> None:
     assert two["fit"]["s_per_1000_images"] == pytest.approx(1000 / 48, rel=1e-3)
     assert two["fit"]["extrapolated_s"] == pytest.approx(s["seed_grid"]["wall_s"] + (50_000 - 48) / 48, rel=1e-3)
     assert s["percell"]["cells"] == 1 and s["percell"]["errors"] == []
+    rows = s["fused_students"]["rows"]  # every arm at B = 1 and 3, in the order they ran
+    assert [(r["arm"], r["B"]) for r in rows] == [(a, b) for b in (1, 3)
+                                                  for a in ("fused_torchfunc", "fused_hfta", "sequential", "packed")]
+    assert all(r["images_per_s"] > 0 for r in rows) and s["fused_students"]["hfta_max_abs_diff"] <= 1e-4
+    assert s["fused_students"]["decisive"]["B"] == 3 and s["fused_students"]["decisive"]["vs_alone"] > 0
     for key in ("kd224", "pipeline", "packing"):
         assert s[key]["ours"] > 0 and s[key]["baseline"] > 0
     assert set(s["packing"]["params"]["trials_per_device"]) >= {"1", "2", "4"}
@@ -54,4 +60,5 @@ def test_gpu_acceptance_cpu_smoke_writes_every_entry(tmp_path: Path) -> None:
     assert lat["torch fp32"]["median_ms"] > 0 and lat["ort cpu fp32 (1 thread)"]["median_ms"] > 0
     md = (out / "gpu_acceptance.md").read_text()
     assert md.startswith("### GPU acceptance") and "| per-cell grid, N = 48 |" in md
+    assert "| fused students: 3 fused" in md
     assert not list(Path(res["sections"]["seed_grid"]["exp"]).parents[1].glob("*")), "experiments left behind"

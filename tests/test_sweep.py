@@ -80,7 +80,8 @@ def test_fractional_gpus_pack_trials_on_logical_gpus(ray_2gpu, tmp_path):
     over = ["teacher.epochs=1", "student.epochs=2", "prune.recovery_epochs=1", "prune.amount=[0.3]",
             "kd.temperature=[2,4]", "measure.runtimes=[torch]",
             "data.train_limit=256", "data.test_limit=64", "resources.cpus_per_trial=0.25",
-            "resources.gpus_per_trial=0.25", "measure.iters=5", "measure.warmup=1"]
+            "resources.gpus_per_trial=0.25", "measure.iters=5", "measure.warmup=1",
+            "resources.fuse=off"]  # packing of fractional trials; fused tasks ask for whole GPUs
     exp = kdsweep.run(SMOKE, overrides=over, storage=tmp_path, name="packing")
     df = read_results(exp / "results")
     assert len(df) == 1 + 1 + 6 + 6 and (df.status == "ok").all()
