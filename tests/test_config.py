@@ -433,11 +433,11 @@ def test_config_mutations_give_an_error_or_a_plan(case):
     raw, overrides = case
     try:
         cfg = load_config(raw, overrides)
+        plan = make_plan(cfg)  # a ConfigError here too (max_variants below the plan's size) is a fine answer
     except ConfigError as exc:
         assert str(exc) and "\n" not in str(exc)
     else:
         assert isinstance(cfg, Config)
-        plan = make_plan(cfg)
         kd = sum(a > 0 for a in cfg.kd.alpha) * len(cfg.kd.temperature) * len(cfg.seeds)
         assert len(plan) == 2 * len(cfg.seeds) + kd * (1 + len(cfg.prune.amount))
         assert len({v.key for v in plan}) == len(plan)
