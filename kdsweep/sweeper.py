@@ -161,6 +161,7 @@ def run(config: str | Path | dict | Config, overrides: list[str] | None = None, 
         gpus_total = cluster.gpus_total()
         gpus = cfg.resources.gpus_per_trial if gpus_total > 0 else 0.0
         devices = preflight.measure_devices(cfg, gpus_total)  # checked before the experiment folder exists
+        echo(preflight.latency_line(cfg, devices, gpus_total))
         if gpus_total == 0 and cfg.resources.gpus_per_trial > 0:
             echo("no GPU in the Ray cluster: every trial runs on CPU (resources.gpus_per_trial is ignored)")
         if isinstance(exp, Path):
