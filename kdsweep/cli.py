@@ -8,7 +8,10 @@ from .errors import ConfigError, DataError, FacetError, ModelError, StatusError
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .version import __version__
+
     p = argparse.ArgumentParser(prog="kdsweep", description="Sweep knowledge distillation and pruning with Ray Tune.")
+    p.add_argument("--version", action="version", version=f"kdsweep {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run or resume a sweep")
     plan = sub.add_parser("plan", help="validate a config and print its plan (same as run --dry-run)")

@@ -52,3 +52,20 @@ def test_default_axes_leave_the_smoke_plan_as_it_was():
     assert len(plan) == 38 and not plan.stage("quantized")
     assert all(v.prune_method == "l1_unstructured" for v in plan.stage("pruned"))
     assert not any("structured" in v.key for v in plan)
+
+
+def test_version_flag_prints_the_package_version(capsys) -> None:
+    import re
+
+    import pytest
+
+    from kdsweep import __version__
+    from kdsweep.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    pyproject = re.search(r'^version\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert capsys.readouterr().out.strip() == f"kdsweep {__version__}" == f"kdsweep {pyproject.group(1)}"
+    assert (ROOT / "CHANGELOG.md").read_text().startswith("# Changelog")
+    assert f"## {__version__}" in (ROOT / "CHANGELOG.md").read_text()
