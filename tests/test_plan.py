@@ -91,3 +91,19 @@ def test_plan_says_what_each_sweep_costs_and_shows_no_gpu_where_there_is_none(ca
         assert "GPU," not in out["smoke"] and "0.25 GPU" not in out["smoke"] and "no GPU: up to" in out["smoke"]
     assert f"output: {tmp_path / 'seed'} (0 of 38 variants already trained there)" in out["seed"]
     assert not list(tmp_path.iterdir())  # planning writes nothing
+
+
+def test_the_readme_plan_example_is_what_plan_prints(capsys, tmp_path, monkeypatch) -> None:
+    from kdsweep.cli import main
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("```\nplan for 'seed'") + 4:]
+    shown = block[:block.index("```")].splitlines()
+    monkeypatch.chdir(tmp_path)  # the default ./runs, empty
+    assert main(["plan", str(ROOT / "configs" / "seed.yaml")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    import re
+
+    # what depends on this machine: its CPUs and GPUs, and a GPU share per trial where it has GPUs
+    machine = lambda lines: [re.sub(r", [\d.]+ GPU$", "", ln) for ln in lines if not ln.startswith("  here: ")]
+    assert machine(printed) == machine(shown)
