@@ -6,6 +6,11 @@ import sys
 
 from .errors import ConfigError, DataError, FacetError, ModelError, StatusError
 
+EXIT_CODES = {0: "done: every variant ok (or the plan printed, the analysis written)",
+              1: "the sweep ran, but some variant did not finish ok (listed on stderr)",
+              2: "bad input, before any compute and with nothing written: one line naming the key (config, data, "
+                 "model, facet, experiment folder), or another driver holds the experiment's lock"}
+
 
 def _parser() -> argparse.ArgumentParser:
     from .version import __version__
