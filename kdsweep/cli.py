@@ -6,9 +6,17 @@ import sys
 
 from .errors import ConfigError, DataError, FacetError, ModelError, StatusError
 
+EXIT_CODES = {0: "done: every variant ok (or the plan printed, the analysis written)",
+              1: "the sweep ran, but some variant did not finish ok (listed on stderr)",
+              2: "bad input, before any compute and with nothing written: one line naming the key (config, data, "
+                 "model, facet, experiment folder), or another driver holds the experiment's lock"}
+
 
 def _parser() -> argparse.ArgumentParser:
+    from .version import __version__
+
     p = argparse.ArgumentParser(prog="kdsweep", description="Sweep knowledge distillation and pruning with Ray Tune.")
+    p.add_argument("--version", action="version", version=f"kdsweep {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run or resume a sweep")
     plan = sub.add_parser("plan", help="validate a config and print its plan (same as run --dry-run)")

@@ -174,7 +174,7 @@ class MeasureConfig(_Strict):
     warmup: int = Field(20, ge=0)
     iters: int = Field(200, ge=1)
     runtimes: list[Literal[RUNTIMES]] = ["torch", "onnxruntime"]
-    devices: list[Literal[DEVICES]] | None = Field(None, description="default: what the trial has")
+    devices: list[Literal[DEVICES]] | None = Field(None, description="default: latency_device")
 
     _axes = field_validator("runtimes", "devices", mode="before")(
         classmethod(lambda cls, v: v if v is None else _as_axis(v)))

@@ -159,6 +159,11 @@ def variant_config(cfg: Config, v: Variant) -> Config:
     return hit[1]
 
 
+# training images of the datasets whose size is known before reading them (digits: its fixed 80 % split;
+# synthetic: data.train_limit, default 1,024); imagefolder is counted when it is read
+TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "digits": 1_437, "tiny-imagenet": 100_000, "synthetic": 1_024}
+
+
 def planned_epochs(cfg: Config, v: Variant) -> int:
     """Training epochs the variant runs (quantized variants train none: they are calibrated)."""
     c = variant_config(cfg, v)
@@ -234,16 +239,48 @@ def logits_key(cfg: Config, v: Variant) -> str:
     return f"logits-s{v.seed}-{config_hash(logits_settings(variant_config(cfg, v), v.seed))[:8]}"
 
 
-def describe(plan: Plan, cfg: Config, gpus: float | None = None) -> str:
-    """The plan as a short table: stage, variants, what each trial gets."""
+def train_size(cfg: Config) -> int | None:
+    """Training images per epoch, where the dataset's size is known without reading it (else None)."""
+    d = cfg.data
+    full = TRAIN_SIZES.get(d.dataset)
+    if d.dataset == "synthetic":
+        return d.train_limit or full
+    return None if full is None else min(full, d.train_limit or full)
+
+
+def _epochs(values: list[int]) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo}" if lo == hi else f"{lo}-{hi}"
+
+
+def describe(plan: Plan, cfg: Config, gpus: float | None = None, cpus: int | None = None) -> str:
+    """The plan as a short table: the data, then per stage the variants, epochs and images to train, what each trial
+    gets (`gpus`/`cpus`: of this machine, when known; no GPU column where there is none) and how many run at once."""
     res = cfg.resources
     gpu = res.gpus_per_trial if gpus is None or gpus > 0 else 0
+    n_train = train_size(cfg)
     lines = [f"plan for {cfg.name!r}: {len(plan)} variants in {sum(1 for s in STAGES if plan.stage(s))} stages",
-             f"  {'stage':<10}{'variants':>9}  resources per trial", ]
+             f"  data: {cfg.data.dataset}, "
+             + (f"{n_train:,} training images" if n_train else "training-set size read at run time")
+             + f" at {cfg.data.image_size} px",
+             f"  {'stage':<10}{'variants':>9}{'epochs':>8}{'images to train':>17}  resources per trial"]
+    total = 0
     for s in STAGES:
-        n = len(plan.stage(s))
-        if n:
-            lines.append(f"  {s:<10}{n:>9}  {res.cpus_per_trial:g} CPU, {gpu:g} GPU")
+        vs = plan.stage(s)
+        if vs:
+            epochs = [planned_epochs(cfg, v) for v in vs]
+            images = sum(epochs) * n_train if n_train else None
+            total += images or 0
+            lines.append(f"  {s:<10}{len(vs):>9}{_epochs(epochs):>8}{f'{images:,}' if images is not None else '?':>17}"
+                         f"  {res.cpus_per_trial:g} CPU" + (f", {gpu:g} GPU" if gpu else ""))
+    if n_train:
+        lines.append(f"  {total:,} training images in all (epochs x images; teacher passes for the logit cache extra)")
+    if cpus is not None:
+        slots = int(cpus // res.cpus_per_trial) if res.cpus_per_trial else cpus
+        if gpu and gpus:
+            slots = min(slots, int(gpus / gpu + 1e-9))
+        here = f"{cpus} CPU(s), " + (f"{gpus:g} GPU(s)" if gpus else "no GPU")
+        lines.append(f"  here: {here}: up to {max(1, slots)} trial(s) at once")
     if cfg.sweep:
         sizes = " x ".join(f"{k} ({len(v)})" for k, v in cfg.sweep.items())
         n = 1

@@ -94,10 +94,21 @@ def _structured(cfg: Config) -> str | None:
 
 
 def _runtimes(cfg: Config) -> str | None:
-    for rt in cfg.measure.runtimes:
+    m = cfg.measure
+    for rt in m.runtimes:
         if rt in RUNTIME_MODULES and not _module_installed(RUNTIME_MODULES[rt]):
             return (f"measure.runtimes: runtime {rt!r} is not installed (no module {RUNTIME_MODULES[rt]!r}); "
                     "install it or remove it from the list")
+    # asked for by name, ONNX Runtime on cuda needs its CUDA provider (`auto` times it on the CPU instead)
+    asked = m.devices if m.devices is not None else [m.latency_device]
+    if "onnxruntime" in m.runtimes and "cuda" in asked:
+        from .runtimes import ort_has_cuda
+
+        if not ort_has_cuda():
+            key = "measure.devices" if m.devices is not None else "measure.latency_device"
+            return (f"{key}: onnxruntime would time models on cuda, but this onnxruntime has no "
+                    "CUDAExecutionProvider: install onnxruntime-gpu in place of onnxruntime, or leave the device "
+                    "to auto, or set measure.runtimes=[torch]")
     return None
 
 
@@ -137,17 +148,24 @@ def measure_devices(cfg: Config, gpus_total: float) -> list[str] | None:
     if "tensorrt" in m.runtimes and not may_cuda:
         raise ConfigError("config key 'measure.runtimes': tensorrt runs only on a CUDA GPU, but latency is measured on "
                           "cpu" + ("" if devices else " (the Ray cluster has no GPU)"))
-    # `auto` on a machine with a real GPU times on cuda: without this check a GPU box with pip's default (CPU-only)
-    # onnxruntime would fail every variant's ORT row after the whole sweep (seen on an H200)
+    return devices
+
+
+def latency_line(cfg: Config, devices: list[str] | None, gpus_total: float) -> str:
+    """The run's start line on where each runtime times, e.g. 'latency: torch on cuda, onnxruntime on cpu (...)'.
+
+    With `auto` it is what a trial on this machine's kind of device picks (`runtimes.auto_device`): on a cluster
+    whose head has no GPU the trials may still time on theirs."""
     import torch
 
-    auto_cuda = devices is None and gpus_total > 0 and torch.cuda.is_available()
-    if "onnxruntime" in m.runtimes and ("cuda" in (devices or []) or auto_cuda):
-        import onnxruntime
+    from .runtimes import auto_device
 
-        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-            how = " (measure.latency_device: auto on a machine with a GPU)" if auto_cuda else ""
-            raise ConfigError(f"config key 'measure.runtimes': onnxruntime would time models on cuda{how}, but this "
-                              "onnxruntime has no CUDAExecutionProvider: install onnxruntime-gpu, or set "
-                              "measure.devices=[cpu] or measure.runtimes=[torch]")
-    return devices
+    here = "cuda" if gpus_total > 0 and torch.cuda.is_available() else "cpu"
+    where = {rt: devices or [auto_device(rt, here)] for rt in cfg.measure.runtimes}
+    line = "latency: " + ", ".join(f"{rt} on {'/'.join(d)}" for rt, d in where.items())
+    if devices is None:
+        line += " (measure.latency_device: auto"
+        if here == "cuda" and where.get("onnxruntime") == ["cpu"]:
+            line += "; this onnxruntime has no CUDA provider: install onnxruntime-gpu to time it on the GPU"
+        line += ")"
+    return line

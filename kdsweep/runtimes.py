@@ -37,6 +37,21 @@ def runtime_problem(runtime: str, device: str) -> str | None:
     return _ort_problem(runtime == "tensorrt", device)
 
 
+def ort_has_cuda() -> bool:
+    """Whether this onnxruntime build has its CUDA execution provider (pip's default `onnxruntime` has not)."""
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def auto_device(runtime: str, here: str) -> str:
+    """`measure.latency_device: auto`: the device ('cpu'|'cuda') a runtime times on in a trial whose device is
+    `here`: the trial's device, except ONNX Runtime without its CUDA provider, which times on the CPU."""
+    if runtime == "onnxruntime" and here == "cuda" and not ort_has_cuda():
+        return "cpu"
+    return here
+
+
 @functools.cache
 def _ort_problem(tensorrt: bool, device: str) -> str | None:
     """Try the execution provider on a one-node model: ORT lists providers whose libraries may still be missing."""

@@ -61,14 +61,20 @@ def needs_onnx(cfg: Config) -> bool:
     return bool(set(ONNX_RUNTIMES) & set(cfg.measure.runtimes)) or "int8" in cfg.quantize.method
 
 
-def runtime_rows(cfg: Config, v: Variant, devices: list[str]) -> list[tuple[str, str]]:
-    """(runtime, device) pairs a variant is timed under: torch runs fp32 models only, TensorRT only on CUDA."""
+def runtime_rows(cfg: Config, v: Variant, devices: list[str] | None, here: str = "cpu") -> list[tuple[str, str]]:
+    """(runtime, device) pairs a variant is timed under: torch runs fp32 models only, TensorRT only on CUDA.
+
+    `devices` None (`measure.latency_device: auto`): each runtime on the best device a trial on `here` offers it
+    (`runtimes.auto_device`: a GPU trial times ONNX Runtime on the CPU when its CUDA provider is missing)."""
+    from .runtimes import auto_device
+
     out = []
-    for dev in devices:
+    for dev in devices or [here]:
         for rt in cfg.measure.runtimes:
-            if (rt == "torch" and v.precision != "fp32") or (rt == "tensorrt" and dev != "cuda"):
+            d = dev if devices else auto_device(rt, here)
+            if (rt == "torch" and v.precision != "fp32") or (rt == "tensorrt" and d != "cuda"):
                 continue
-            out.append((rt, dev))
+            out.append((rt, d))
     return out
 
 
@@ -292,9 +298,11 @@ def ensure_teacher_logits(cfg: Config, seed: int, paths: Paths, data: Dataset, d
     return out
 
 
-def measure_latencies(cfg: Config, variants: list[Variant], paths: Paths, data: Dataset, devices: list[str],
-                      threads: int) -> dict[str, list[dict]]:
+def measure_latencies(cfg: Config, variants: list[Variant], paths: Paths, data: Dataset, devices: list[str] | None,
+                      threads: int, here: str = "cpu") -> dict[str, list[dict]]:
     """Batch-1 latency of every variant under every runtime, all interleaved per iteration, one device at a time.
+
+    `devices` None (`auto`): each runtime on the best device of a trial on `here` (`runtime_rows`).
 
     Returns (and writes to each variant's latency.json) one entry per (runtime, device): the timing, or the error
     that kept that runtime from running the variant (the other runtimes and variants go on).
@@ -302,13 +310,14 @@ def measure_latencies(cfg: Config, variants: list[Variant], paths: Paths, data: 
     from .runtimes import device_label, ort_runner, ort_session, time_interleaved, torch_runner
 
     out: dict[str, list[dict]] = {v.key: [] for v in variants}
-    for dev in devices:
+    pairs = {v.key: runtime_rows(cfg, v, devices, here) for v in variants}
+    for dev in dict.fromkeys(d for rows in pairs.values() for _, d in rows):
         device = torch.device("cuda", 0) if dev == "cuda" else torch.device("cpu")
         runners, meta = {}, {}
         for v in variants:
             model, extra = None, {}
             vc = variant_config(cfg, v)  # its image size (data.image_size may be swept)
-            for rt, _ in runtime_rows(cfg, v, [dev]):
+            for rt in [rt for rt, d in pairs[v.key] if d == dev]:
                 label = runtime_label(rt, dev)
                 entry = {"runtime": label, "latency_device": device_label(device), "precision": v.precision}
                 try:

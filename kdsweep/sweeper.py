@@ -21,6 +21,7 @@ from .errors import ConfigError, last_line, one_line
 from .fusion import describe_fusion, fuse_limit
 from .graph import Sweep
 from .names import STAGES
+from .paths import Paths, read_record
 from .plan import Plan, describe, make_plan, planned_epochs
 from .progress import Echo, Progress, say
 
@@ -130,6 +131,13 @@ def execute(sweep: Sweep, progress: Progress, shared: list, gpus: float, slots: 
     sweep.write_rows(tasks, searcher.done, crashed)
 
 
+def _finished(exp: Path | str, plan: Plan) -> int:
+    """Variants of `plan` whose trained record in `exp` is ok and of the same settings (what a run keeps)."""
+    paths = Paths(exp)
+    recs = ((v, read_record(paths.record(v))) for v in plan)
+    return sum(bool(r and r.get("status") == "ok" and r.get("config_hash") == v.config_hash) for v, r in recs)
+
+
 def run(config: str | Path | dict | Config, overrides: list[str] | None = None, storage: str | Path = "./runs",
         name: str | None = None, address: str | None = None, dry_run: bool = False,
         echo: Echo = say) -> Path | str:
@@ -146,8 +154,12 @@ def run(config: str | Path | dict | Config, overrides: list[str] | None = None, 
     exp = experiment_location(storage, cfg.name)
     _check_storage(exp)
     plan = make_plan(cfg)
-    echo(describe(plan, cfg))
+    import torch
+
+    local = not (address or os.environ.get("RAY_ADDRESS"))  # a cluster's resources are known once Ray is up
+    echo(describe(plan, cfg, torch.cuda.device_count() if local else None, os.cpu_count() if local else None))
     echo(describe_fusion(plan, cfg))
+    echo(f"  output: {exp} ({_finished(exp, plan)} of {len(plan)} variants already trained there)")
     if dry_run:
         return exp
     data = load_dataset(cfg.data)  # missing/corrupt data fails here, before Ray starts or anything is written
@@ -161,6 +173,7 @@ def run(config: str | Path | dict | Config, overrides: list[str] | None = None, 
         gpus_total = cluster.gpus_total()
         gpus = cfg.resources.gpus_per_trial if gpus_total > 0 else 0.0
         devices = preflight.measure_devices(cfg, gpus_total)  # checked before the experiment folder exists
+        echo(preflight.latency_line(cfg, devices, gpus_total))
         if gpus_total == 0 and cfg.resources.gpus_per_trial > 0:
             echo("no GPU in the Ray cluster: every trial runs on CPU (resources.gpus_per_trial is ignored)")
         if isinstance(exp, Path):

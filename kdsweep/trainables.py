@@ -151,13 +151,12 @@ def _latency(cfg: Config, paths: Paths, plan: dict[str, Variant], data: Dataset,
     """Batch-1 latency of every variant in `keys` that trained ok, under every runtime, interleaved on each device.
 
     The searcher starts this task only once every training task has finished, so nothing else uses the device.
-    `devices` None (`auto`): this trial's own device.
+    `devices` None (`auto`): each runtime on the best device of this trial (`stages.runtime_rows`).
     """
-    devices = devices or [trial_device().type]
     ok = []
     for k in keys:
         rec = read_record(paths.record(plan[k]))
         if rec and rec.get("status") == "ok" and rec.get("config_hash") == plan[k].config_hash:
             ok.append(plan[k])
-    measure_latencies(cfg, ok, paths, data, devices, torch.get_num_threads())
+    measure_latencies(cfg, ok, paths, data, devices, torch.get_num_threads(), trial_device().type)
     tune.report({"status": "ok", "final": True, "measured": len(ok)})

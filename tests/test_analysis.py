@@ -195,14 +195,14 @@ def tradeoffs_md(exp: Path) -> str:
     return (analyze(exp, exp / "out") / "tradeoffs.md").read_text()
 
 
-def test_results_csv_raw_rows_with_reference_columns_first(two_seed_exp: Path) -> None:
+def test_results_csv_one_row_per_variant_and_seed_with_reference_columns_first(two_seed_exp: Path) -> None:
     out = analyze(two_seed_exp, two_seed_exp / "out")
     assert out == two_seed_exp / "out"
     text = (out / "results.csv").read_text()
     assert text.startswith("Variant,Accuracy,LatencyMs,SizeMB,")
     csv = pd.read_csv(out / "results.csv")
     assert list(csv.columns[:4]) == ["Variant", "Accuracy", "LatencyMs", "SizeMB"]
-    assert len(csv) == 10  # 5 variants x 2 seeds, raw rows
+    assert len(csv) == 10  # 5 variants x 2 seeds
     assert {"stage", "seed", "status", "size_nonzero_mb", "latency_p90_ms", "key"} <= set(csv.columns)
     row = csv[(csv["Variant"] == "teacher") & (csv["seed"] == 1)].iloc[0]
     assert row.Accuracy == pytest.approx(0.92) and row.LatencyMs == pytest.approx(6.0) and row.SizeMB == 40.0
@@ -497,9 +497,19 @@ def test_prune_marginal_by_method_and_fronts_span_every_kind(runtime_exp: Path) 
 def test_long_format_outputs(runtime_exp: Path, tmp_path: Path) -> None:
     out = analyze(runtime_exp, tmp_path / "out")
     csv = pd.read_csv(out / "results.csv")
-    assert list(csv.columns[:4]) == ["Variant", "Accuracy", "LatencyMs", "SizeMB"]
-    assert len(csv) == 6 * 4 + 2 + 1  # 6 fp32 (variant, seed)s x 4 runtimes, 2 INT8 x 1, the failed variant's row
-    assert {"runtime", "precision", "prune_method", "size_bytes", "latency_ci95_ms"} <= set(csv.columns)
+    # one row per (variant, seed), as the reference CSV: 6 fp32 ones, 2 INT8, the failed variant; LatencyMs from the
+    # headline runtime, then one column per runtime in RUNTIME_ORDER (the Parquet rows stay one per runtime)
+    per = [f"LatencyMs[{r}]" for r in ALL4]
+    assert list(csv.columns[:8]) == ["Variant", "Accuracy", "LatencyMs", "SizeMB", *per]
+    assert len(csv) == 6 + 2 + 1 and not csv.duplicated(["key"]).any()
+    assert {"latency_runtime", "precision", "prune_method", "size_bytes", "latency_ci95_ms"} <= set(csv.columns)
+    teacher = csv.set_index("key").loc["teacher-s0"]
+    assert teacher.LatencyMs == 0.8 and teacher.latency_runtime == "onnxruntime-cuda"
+    assert teacher[per].tolist() == [0.8, 12.0, 2.0, 20.0]
+    int8 = csv.set_index("key").loc["int8-teacher-s0"]
+    assert int8.LatencyMs == 4.0 and int8["LatencyMs[onnxruntime-cpu]"] == 4.0 and pd.isna(int8[per[0]])
+    failed = csv[csv.status == "failed"].iloc[0]
+    assert pd.isna(failed.LatencyMs) and failed[per].isna().all()
     md = (out / "tradeoffs.md").read_text()
     assert "8 variants (7 ok, 1 failed)" in md
     assert "runtime per variant (onnxruntime-cuda: 5, onnxruntime-cpu: 2)" in md
@@ -586,9 +596,12 @@ def test_analysis_of_real_smoke_experiment(smoke_exp: Path, tmp_path: Path) -> N
     width, _, dpi = png_info(out / "metrics_grid.png")
     assert width >= 1200 and dpi >= 149.9
     csv = pd.read_csv(out / "results.csv")
-    # one row per (variant, seed, runtime): six variants, each timed on at least one runtime
-    assert list(csv.columns[:4]) == ["Variant", "Accuracy", "LatencyMs", "SizeMB"] and len(csv) == len(raw) >= 6
-    assert raw["key"].nunique() == 6
+    # one row per variant (one seed), each with its headline latency and one column per runtime it was timed on
+    assert list(csv.columns[:4]) == ["Variant", "Accuracy", "LatencyMs", "SizeMB"] and len(csv) == 6
+    assert raw["key"].nunique() == 6 and len(raw) > 6
+    per = [c for c in csv.columns if c.startswith("LatencyMs[")]
+    assert per == ["LatencyMs[onnxruntime-cpu]", "LatencyMs[torch-cpu]"] and csv[per].notna().all().all()
+    assert (csv["LatencyMs"] == csv["LatencyMs[onnxruntime-cpu]"]).all()
     t = tradeoff_tables(smoke_exp)
     assert not t.missing_note and not t.experiment.unreadable
     assert (t.variants["status"] == "ok").all() and len(t.variants) == 6
@@ -806,7 +819,8 @@ def test_cli_analyze_facet_and_csv_columns(sweep_exp: Path, tmp_path: Path, caps
     width, height, _ = png_info(out / "metrics_grid.png")
     assert width >= 1200 and height > width  # two facet rows of scatters under two rows of heatmaps
     text = (out / "results.csv").read_text()
-    assert text.startswith("Variant,Accuracy,LatencyMs,SizeMB,teacher.epochs,student.arch,student.augment,stage,")
+    assert text.startswith("Variant,Accuracy,LatencyMs,SizeMB,LatencyMs[onnxruntime-cpu],teacher.epochs,student.arch,"
+                           "student.augment,stage,")
     rows = {r["key"]: r for r in csv.DictReader(io.StringIO(text))}
     assert rows[V2_KEY]["student.augment"] == "flip+crop" and rows[V2_KEY]["Accuracy"] == "0.94"
     assert rows[V2_KEY]["teacher.epochs"] == "2"  # an integer stays one

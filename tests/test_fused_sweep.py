@@ -96,6 +96,7 @@ def test_an_unfused_experiment_is_not_retrained_by_a_fused_run(smoke_exp, tmp_pa
     lines: list[str] = []
     sweeper.run(SMOKE, overrides=[*REDUCED, "resources.fuse=9"], storage=tmp_path, echo=lines.append)
     assert not [ln for ln in lines if ln.startswith("[sweep] training")]
+    assert f"  output: {tmp_path / 'smoke'} (6 of 6 variants already trained there)" in lines
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     df = read_results(tmp_path / "smoke" / "results")
     assert (df.status == "ok").all() and (df.train_runs == 1).all() and df.fused_group.isna().all()

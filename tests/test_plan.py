@@ -52,3 +52,58 @@ def test_default_axes_leave_the_smoke_plan_as_it_was():
     assert len(plan) == 38 and not plan.stage("quantized")
     assert all(v.prune_method == "l1_unstructured" for v in plan.stage("pruned"))
     assert not any("structured" in v.key for v in plan)
+
+
+def test_version_flag_prints_the_package_version(capsys) -> None:
+    import re
+
+    import pytest
+
+    from kdsweep import __version__
+    from kdsweep.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    pyproject = re.search(r'^version\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert capsys.readouterr().out.strip() == f"kdsweep {__version__}" == f"kdsweep {pyproject.group(1)}"
+    assert (ROOT / "CHANGELOG.md").read_text().startswith("# Changelog")
+    assert f"## {__version__}" in (ROOT / "CHANGELOG.md").read_text()
+
+
+def test_plan_says_what_each_sweep_costs_and_shows_no_gpu_where_there_is_none(capsys, tmp_path) -> None:
+    from kdsweep.cli import main
+
+    out = {}
+    for name in ("smoke", "seed"):
+        assert main(["plan", str(ROOT / "configs" / f"{name}.yaml"), "--storage", str(tmp_path)]) == 0
+        out[name] = capsys.readouterr().out
+    assert "data: digits, 1,437 training images at 32 px" in out["smoke"]
+    assert "data: cifar10, 50,000 training images at 224 px" in out["seed"]
+    rows = {n: {ln.split()[0]: ln.split()[1:4] for ln in o.splitlines()
+                if ln.split()[:1] in (["teacher"], ["baseline"], ["student"], ["pruned"])} for n, o in out.items()}
+    assert rows["seed"]["student"] == ["9", "8", "3,600,000"]  # 9 students x 8 epochs x 50,000 images
+    assert rows["smoke"]["pruned"] == ["27", "2", f"{27 * 2 * 1437:,}"]
+    assert "6,850,000 training images in all" in out["seed"]
+    import torch
+
+    if not torch.cuda.is_available():
+        assert "GPU," not in out["smoke"] and "0.25 GPU" not in out["smoke"] and "no GPU: up to" in out["smoke"]
+    assert f"output: {tmp_path / 'seed'} (0 of 38 variants already trained there)" in out["seed"]
+    assert not list(tmp_path.iterdir())  # planning writes nothing
+
+
+def test_the_readme_plan_example_is_what_plan_prints(capsys, tmp_path, monkeypatch) -> None:
+    from kdsweep.cli import main
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("```\nplan for 'seed'") + 4:]
+    shown = block[:block.index("```")].splitlines()
+    monkeypatch.chdir(tmp_path)  # the default ./runs, empty
+    assert main(["plan", str(ROOT / "configs" / "seed.yaml")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    import re
+
+    # what depends on this machine: its CPUs and GPUs, and a GPU share per trial where it has GPUs
+    machine = lambda lines: [re.sub(r", [\d.]+ GPU$", "", ln) for ln in lines if not ln.startswith("  here: ")]
+    assert machine(printed) == machine(shown)

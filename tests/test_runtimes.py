@@ -167,20 +167,49 @@ def test_runtimes_tuple_is_the_config_contract():
     assert runtimes.RUNTIMES == ("torch", "onnxruntime", "tensorrt")
 
 
-@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="this ORT has CUDA")
-def test_auto_latency_on_a_real_gpu_refuses_a_cpu_only_onnxruntime_before_any_compute(monkeypatch):
-    """Seen on an H200 with pip's default onnxruntime: every variant's ORT row failed after the whole sweep."""
+def _fake_gpu_box(monkeypatch, ort_cuda: bool) -> None:
+    """torch reports a GPU; onnxruntime has, or has not, its CUDA provider (pip's default build has not)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if ort_cuda else ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: providers)
+
+
+@pytest.mark.parametrize("ort_cuda", [False, True])
+def test_auto_latency_on_a_gpu_box_times_each_runtime_on_the_best_device_it_has(monkeypatch, ort_cuda):
+    """Seen on an H200 with pip's default onnxruntime: `auto` used to refuse a config the user never chose."""
     from kdsweep.config import load_config
-    from kdsweep.errors import ConfigError
-    from kdsweep.preflight import measure_devices
+    from kdsweep.plan import make_plan
+    from kdsweep.preflight import check, latency_line, measure_devices
+    from kdsweep.stages import runtime_rows
 
     from .conftest import SMOKE as smoke
+    _fake_gpu_box(monkeypatch, ort_cuda)
     cfg = load_config(smoke, ["measure.runtimes=[torch,onnxruntime]"])
-    assert measure_devices(cfg, 1.0) is None  # logical GPUs without CUDA (the tests' clusters): auto stays allowed
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    with pytest.raises(ConfigError, match=r"^config key 'measure.runtimes': onnxruntime would time models on cuda "
-                                          r"\(measure"):
-        measure_devices(cfg, 1.0)
-    assert measure_devices(cfg, 0.0) is None  # no GPU in the cluster: auto times on the CPU
-    assert measure_devices(load_config(smoke, ["measure.runtimes=[torch]"]), 1.0) is None
-    assert measure_devices(load_config(smoke, ["measure.devices=[cpu]"]), 1.0) == ["cpu"]
+    check(cfg)  # nothing refused before Ray
+    assert measure_devices(cfg, 1.0) is None
+    v = make_plan(cfg).stage("student")[0]
+    ort_dev = "cuda" if ort_cuda else "cpu"
+    assert runtime_rows(cfg, v, None, "cuda") == [("torch", "cuda"), ("onnxruntime", ort_dev)]
+    assert runtime_rows(cfg, v, None, "cpu") == [("torch", "cpu"), ("onnxruntime", "cpu")]  # a CPU trial: CPU
+    line = latency_line(cfg, None, 1.0)
+    assert line.startswith(f"latency: torch on cuda, onnxruntime on {ort_dev} (measure.latency_device: auto")
+    assert ("no CUDA provider" in line) != ort_cuda
+    assert latency_line(cfg, None, 0.0).startswith("latency: torch on cpu, onnxruntime on cpu")  # no GPU in Ray
+    assert latency_line(cfg, ["cpu"], 1.0) == "latency: torch on cpu, onnxruntime on cpu"
+
+
+@pytest.mark.parametrize("key", ["measure.devices=[cuda]", "measure.latency_device=cuda"])
+def test_cuda_asked_by_name_with_a_cpu_only_onnxruntime_exits_2_before_ray_starts(monkeypatch, tmp_path, capsys, key):
+    import ray
+
+    from kdsweep.cli import main
+
+    from .conftest import SMOKE as smoke
+    _fake_gpu_box(monkeypatch, ort_cuda=False)
+    assert not ray.is_initialized()
+    assert main(["run", smoke, "--storage", str(tmp_path), "--set", key]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    name = key.split("=")[0]
+    assert len(err) == 1 and "onnxruntime-gpu" in err[0]
+    assert err[0].startswith(f"kdsweep: error: config key '{name}': onnxruntime would time models on cuda")
+    assert not ray.is_initialized() and not list(tmp_path.iterdir())

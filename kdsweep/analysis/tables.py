@@ -359,11 +359,25 @@ def _typed_like(table: pd.DataFrame, rows: pd.DataFrame, axes: list[str]) -> pd.
 
 
 def results_frame(rows: pd.DataFrame, axes: list[str] | None = None) -> pd.DataFrame:
-    """The raw rows (one per variant, seed and runtime) for results.csv: Variant,Accuracy,LatencyMs,SizeMB first,
-    then the swept keys (`axes`, default every dotted column), then the rest."""
-    axes = axis_columns(rows) if axes is None else [a for a in axes if a in rows]
-    head = rows[list(CSV_HEAD)].rename(columns=CSV_HEAD)
-    return pd.concat([head, rows[axes], rows.drop(columns=[*CSV_HEAD, *axes])], axis=1)
+    """results.csv, one row per (variant, seed) as the reference notebook's CSV has it: Variant,Accuracy,LatencyMs,
+    SizeMB first (LatencyMs from the variant's headline runtime, named in `latency_runtime`), then one
+    `LatencyMs[<runtime label>]` column per runtime timed (RUNTIME_ORDER), then the swept keys (`axes`, default every
+    dotted column), then the rest. The Parquet files keep one row per runtime."""
+    one = seed_rows(rows)
+    axes = axis_columns(one) if axes is None else [a for a in axes if a in one]
+    ident = lambda df: df["variant"].astype(str) + "\0" + df["seed"].astype(str)  # NA seeds match too
+    timed = one.iloc[0:0] if rows.empty else fill_defaults(rows)
+    if len(timed):
+        timed = timed.assign(_label=[latency_runtime(r, d) for r, d in zip(timed["runtime"], timed["latency_device"])])
+        timed = timed[(timed["status"] == "ok") & timed["latency_ms"].notna() & timed["_label"].notna()]
+    ids = ident(one) if len(one) else pd.Series(dtype=str)
+    per = {}
+    for label in sorted(set(timed["_label"]) if len(timed) else (), key=runtime_rank):
+        t = timed[timed["_label"] == label]
+        per[f"LatencyMs[{label}]"] = ids.map(dict(zip(ident(t), t["latency_ms"]))).astype(float).to_numpy()
+    head = one[list(CSV_HEAD)].rename(columns=CSV_HEAD)
+    return pd.concat([head, pd.DataFrame(per, index=one.index), one[axes], one.drop(columns=[*CSV_HEAD, *axes])],
+                     axis=1)
 
 
 def _status(statuses: pd.Series) -> str:
