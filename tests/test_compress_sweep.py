@@ -112,15 +112,18 @@ def test_a_runtime_that_cannot_run_is_refused_before_any_work(tmp_path, capsys, 
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("override, key", [("measure.devices=[cpu, cuda]", "measure.devices"),
-                                           ("measure.runtimes=[torch, tensorrt]", "measure.runtimes")])
-def test_cuda_without_a_gpu_is_refused_before_the_experiment_exists(override, key, tmp_path, capsys, monkeypatch):
+# torch only in the devices case: with a CPU-only onnxruntime, [cpu, cuda] is refused earlier, for the provider
+# (tests/test_runtimes.py); here the GPU is what is missing
+@pytest.mark.parametrize("overrides, key", [
+    (("measure.devices=[cpu, cuda]", "measure.runtimes=[torch]"), "measure.devices"),
+    (("measure.runtimes=[torch, tensorrt]",), "measure.runtimes")])
+def test_cuda_without_a_gpu_is_refused_before_the_experiment_exists(overrides, key, tmp_path, capsys, monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec  # pretend tensorrt is installed: the GPU is what is missing
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "tensorrt" else real(n, *a))
-    assert main(["run", SMOKE, "--storage", str(tmp_path / "runs"), "--set", override,
-                 "--set", "data.train_limit=64"]) == 2
+    sets = [a for o in overrides for a in ("--set", o)]
+    assert main(["run", SMOKE, "--storage", str(tmp_path / "runs"), *sets, "--set", "data.train_limit=64"]) == 2
     # Ray itself (started to count the cluster's GPUs) may log to stderr; kdsweep's own error is one line
     errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("kdsweep: error:")]
     assert len(errors) == 1 and key in errors[0] and "GPU" in errors[0]
