@@ -146,6 +146,24 @@ def variant_kind(stage: object, prune_method: object, precision: object) -> str 
     return stage if isinstance(stage, str) else None
 
 
+def _seed_id(df: pd.DataFrame) -> pd.Series:
+    """One string per (variant, seed) row; NA seeds match too."""
+    return df["variant"].astype(str) + "\0" + df["seed"].astype(str)
+
+
+def _labelled(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows with defaults filled and each one's `latency_runtime` label."""
+    rows = fill_defaults(rows)
+    rows["latency_runtime"] = [latency_runtime(r, d) for r, d in zip(rows["runtime"], rows["latency_device"])]
+    return rows
+
+
+def _timed(labelled: pd.DataFrame) -> pd.DataFrame:
+    """The ok rows that carry a latency and a runtime label."""
+    ok = (labelled["status"] == "ok") & labelled["latency_ms"].notna() & labelled["latency_runtime"].notna()
+    return labelled[ok]
+
+
 def seed_rows(rows: pd.DataFrame, runtime: str | None = None) -> pd.DataFrame:
     """One row per (variant, seed): its training columns, and the latency of the variant's headline runtime.
 
@@ -155,10 +173,9 @@ def seed_rows(rows: pd.DataFrame, runtime: str | None = None) -> pd.DataFrame:
     """
     if rows.empty:
         return rows.assign(latency_runtime=pd.Series(dtype=object), kind=pd.Series(dtype=object))
-    rows = fill_defaults(rows)
-    rows["latency_runtime"] = [latency_runtime(r, d) for r, d in zip(rows["runtime"], rows["latency_device"])]
+    rows = _labelled(rows)
     rows["kind"] = [variant_kind(*k) for k in zip(rows["stage"], rows["prune_method"], rows["precision"])]
-    timed = rows[(rows["status"] == "ok") & rows["latency_ms"].notna() & rows["latency_runtime"].notna()]
+    timed = _timed(rows)
     if runtime is not None:
         hit = (timed["latency_runtime"] == runtime) | (timed["runtime"] == runtime)
         if len(timed) and not hit.any():
@@ -168,9 +185,8 @@ def seed_rows(rows: pd.DataFrame, runtime: str | None = None) -> pd.DataFrame:
     timed = timed.assign(_rank=timed["latency_runtime"].map(runtime_rank)).sort_values("_rank", kind="stable")
     headline = timed.groupby("variant", sort=False)["latency_runtime"].first()
     picked = timed[timed["latency_runtime"] == timed["variant"].map(headline)]
-    ident = lambda df: df["variant"].astype(str) + "\0" + df["seed"].astype(str)  # NA seeds match too
-    latency = picked.assign(_id=ident(picked)).drop_duplicates("_id").set_index("_id")
-    out = rows.assign(_id=ident(rows)).drop_duplicates("_id").set_index("_id")
+    latency = picked.assign(_id=_seed_id(picked)).drop_duplicates("_id").set_index("_id")
+    out = rows.assign(_id=_seed_id(rows)).drop_duplicates("_id").set_index("_id")
     for c in LATENCY_COLUMNS:
         out[c] = latency[c].reindex(out.index) if len(latency) else None
     return fill_defaults(out.reset_index(drop=True))
@@ -365,16 +381,12 @@ def results_frame(rows: pd.DataFrame, axes: list[str] | None = None) -> pd.DataF
     dotted column), then the rest. The Parquet files keep one row per runtime."""
     one = seed_rows(rows)
     axes = axis_columns(one) if axes is None else [a for a in axes if a in one]
-    ident = lambda df: df["variant"].astype(str) + "\0" + df["seed"].astype(str)  # NA seeds match too
-    timed = one.iloc[0:0] if rows.empty else fill_defaults(rows)
-    if len(timed):
-        timed = timed.assign(_label=[latency_runtime(r, d) for r, d in zip(timed["runtime"], timed["latency_device"])])
-        timed = timed[(timed["status"] == "ok") & timed["latency_ms"].notna() & timed["_label"].notna()]
-    ids = ident(one) if len(one) else pd.Series(dtype=str)
+    timed = _timed(_labelled(rows)) if len(rows) else pd.DataFrame(columns=["latency_runtime"])
+    ids = _seed_id(one) if len(one) else pd.Series(dtype=str)
     per = {}
-    for label in sorted(set(timed["_label"]) if len(timed) else (), key=runtime_rank):
-        t = timed[timed["_label"] == label]
-        per[f"LatencyMs[{label}]"] = ids.map(dict(zip(ident(t), t["latency_ms"]))).astype(float).to_numpy()
+    for label in sorted(set(timed["latency_runtime"]), key=runtime_rank):
+        t = timed[timed["latency_runtime"] == label]
+        per[f"LatencyMs[{label}]"] = ids.map(dict(zip(_seed_id(t), t["latency_ms"]))).astype(float).to_numpy()
     head = one[list(CSV_HEAD)].rename(columns=CSV_HEAD)
     return pd.concat([head, pd.DataFrame(per, index=one.index), one[axes], one.drop(columns=[*CSV_HEAD, *axes])],
                      axis=1)
