@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
+from unittest import mock
 
 import torch
 from torch import nn
@@ -277,16 +278,10 @@ def _packed_mps(b: int, size: int, batch: int, steps: int, device: torch.device,
     pipe = tempfile.mkdtemp(prefix="kdsweep-mps-")
     env = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": pipe, "CUDA_MPS_LOG_DIRECTORY": pipe}
     subprocess.run(["nvidia-cuda-mps-control", "-d"], env=env, check=True, timeout=30)
-    saved = {k: os.environ.get(k) for k in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")}
-    os.environ.update({k: pipe for k in saved})  # the spawned workers inherit it and connect to the server
     try:
-        return _packed(b, size, batch, steps, device, threads)
+        with mock.patch.dict(os.environ, env):  # the spawned workers inherit it and connect to the server
+            return _packed(b, size, batch, steps, device, threads)
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, env=env, timeout=30)
         shutil.rmtree(pipe, ignore_errors=True)
 
