@@ -2,7 +2,6 @@
 per-member faults, a killed fused trial that resumes every member, and an unfused experiment that is not retrained."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -12,13 +11,12 @@ import sys
 import pytest
 
 from kdsweep import sweeper
-from kdsweep.checkpoint import load_checkpoint
 from kdsweep.cli import main
 from kdsweep.paths import read_record
 from kdsweep.results import read_results
 
 from .conftest import REDUCED, SMOKE
-from .test_reliability import TINY, _artifact, _descendants, _kill_all, _wait_for, ray_local  # noqa: F401 - fixture
+from .test_reliability import TINY, _artifact, _descendants, _kill_all, _pid_mid_training, _wait_for, ray_local  # noqa: F401 - fixture
 
 STUDENTS = ["student-T4-a0.5-s0", "student-T4-a0.9-s0"]
 
@@ -40,17 +38,7 @@ def test_fused_smoke_sweep_matches_unfused_and_a_killed_fused_task_resumes(smoke
         args += ["--set", o]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        def mid_training():
-            art = _artifact(exp, STUDENTS[1])
-            if art and (art / "checkpoint.pt").is_file() and (art / "trial.json").is_file():
-                try:
-                    epoch = load_checkpoint(art / "checkpoint.pt")["epoch"]
-                except Exception:  # noqa: BLE001 - mid-rename; poll again
-                    return None
-                if 1 <= epoch < 5:
-                    return int(json.loads((art / "trial.json").read_text())["pid"])
-            return None
-
+        mid_training = lambda: _pid_mid_training(exp, STUDENTS[1], 5)
         os.kill(_wait_for(mid_training, 300, proc), signal.SIGKILL)  # the fused trial's worker process dies
         out, _ = proc.communicate(timeout=400)
     finally:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -86,23 +87,26 @@ def _artifact(exp: Path, key: str) -> Path | None:
     return found[0] if found else None
 
 
+def _pid_mid_training(exp: Path, key: str, epochs: int) -> int | None:
+    """The pid of the trial training `key` once it has saved an epoch and has epochs left (of `epochs`), else None."""
+    art = _artifact(exp, key)
+    if art and (art / "checkpoint.pt").is_file() and (art / "trial.json").is_file():
+        try:
+            epoch = load_checkpoint(art / "checkpoint.pt")["epoch"]
+        except Exception:  # noqa: BLE001 - mid-rename; poll again
+            return None
+        if 1 <= epoch < epochs:
+            return int(json.loads((art / "trial.json").read_text())["pid"])
+    return None
+
+
 @pytest.mark.slow
 def test_killed_trial_is_retried_and_resumes_from_its_checkpoint(tmp_path):
     over = [*TINY, "data.train_limit=512", "student.epochs=8"]
     proc = subprocess.Popen(_cli(tmp_path, *over), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     exp = tmp_path / "rel"
     try:
-        def mid_training():
-            art = _artifact(exp, "student-T4-a0.9-s0")
-            if art and (art / "checkpoint.pt").is_file() and (art / "trial.json").is_file():
-                try:
-                    epoch = load_checkpoint(art / "checkpoint.pt")["epoch"]
-                except Exception:  # noqa: BLE001 - mid-rename; poll again
-                    return None
-                if 1 <= epoch < 7:
-                    return int(__import__("json").loads((art / "trial.json").read_text())["pid"])
-            return None
-
+        mid_training = lambda: _pid_mid_training(exp, "student-T4-a0.9-s0", 7)
         os.kill(_wait_for(mid_training, 240, proc), signal.SIGKILL)  # the trial's worker process dies
         out, _ = proc.communicate(timeout=300)
     finally:
