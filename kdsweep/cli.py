@@ -12,7 +12,7 @@ EXIT_CODES = {0: "done: every variant ok (or the plan printed, the analysis writ
                  "model, facet, experiment folder), or another driver holds the experiment's lock"}
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     from .version import __version__
 
     p = argparse.ArgumentParser(prog="kdsweep", description="Sweep knowledge distillation and pruning with Ray Tune.")
@@ -26,6 +26,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="override a config key, value parsed as YAML (repeatable): --set kd.alpha=[0.9]")
         sp.add_argument("--storage", default="./runs", help="where experiments live (default ./runs)")
         sp.add_argument("--name", default=None, help="experiment name (default: the config's name)")
+        sp.add_argument("--estimate", action="store_true",
+                        help="time a few real training steps of each kind here and print the sweep's expected wall "
+                             "time, a range (seconds of timing; a run keeps it for `kdsweep status`)")
+    plan.add_argument("--list", dest="list_variants", action="store_true",
+                      help="also print every variant: key, stage, epochs, parent")
     run.add_argument("--address", default=None, help="existing Ray cluster to use (default: RAY_ADDRESS or local)")
     an = sub.add_parser("analyze", help="write results.csv, tradeoffs.md and metrics_grid.png for an experiment")
     an.add_argument("experiment", help="experiment folder <storage>/<name> (local path or s3://...)")
@@ -41,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `kdsweep` console script."""
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     if args.cmd == "analyze":
         return _analyze(args.experiment, args.out, args.facet)
     if args.cmd == "status":
@@ -50,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         exp = run(args.config, overrides=args.overrides, storage=args.storage, name=args.name,
-                  address=getattr(args, "address", None), dry_run=args.cmd == "plan" or args.dry_run)
+                  address=getattr(args, "address", None), dry_run=args.cmd == "plan" or args.dry_run,
+                  estimate=args.estimate, list_variants=getattr(args, "list_variants", False))
     except (ConfigError, DataError, ModelError) as exc:
         print(f"kdsweep: error: {exc}", file=sys.stderr)
         return 2

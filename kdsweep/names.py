@@ -5,6 +5,9 @@ from __future__ import annotations
 
 # dependency order: a variant's parent is always of an earlier stage (plan order, tables and progress follow it)
 STAGES = ("teacher", "baseline", "student", "pruned", "quantized")
+# which ready task a free trial slot takes first: the teacher, its logits, then the KD students (every pruned variant
+# waits on one), the no-KD baseline, pruned and quantized variants; latency last, once all training is over
+TASK_PRIORITY = ("teacher", "logits", "student", "baseline", "pruned", "quantized", "latency")
 DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "tiny-imagenet", "imagefolder")
 UNSTRUCTURED, STRUCTURED = "l1_unstructured", "l1_structured"
 PRUNE_METHODS = (UNSTRUCTURED, STRUCTURED)

@@ -49,6 +49,11 @@ class Paths:
         """The pruning history of a structurally pruned variant (JSON; replayed on a fresh model to load it)."""
         return storage.join(self.artifact_dir(v), "structure.json")
 
+    @property
+    def estimate(self) -> str:
+        """`run --estimate`'s expected cost (seconds per epoch per stage): the ETA before any trial has finished."""
+        return storage.join(self.root, "estimate.json")
+
     def signals(self, run: str) -> str:
         return storage.join(self.root, "signals", f"{run}.json")
 

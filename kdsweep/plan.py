@@ -253,6 +253,23 @@ def _epochs(values: list[int]) -> str:
     return f"{lo}" if lo == hi else f"{lo}-{hi}"
 
 
+def trial_slots(cfg: Config, cpus: int, gpus: float) -> int:
+    """Trials that run at once on `cpus` CPUs and `gpus` GPUs with the config's resources per trial (at least 1)."""
+    res = cfg.resources
+    slots = int(cpus // res.cpus_per_trial) if res.cpus_per_trial else cpus
+    if gpus and res.gpus_per_trial:
+        slots = min(slots, int(gpus / res.gpus_per_trial + 1e-9))
+    return max(1, slots)
+
+
+def listing(plan: Plan, cfg: Config) -> str:
+    """`kdsweep plan --list`: every variant with its stage, epochs and parent, in plan (dependency) order."""
+    width = max(len(v.key) for v in plan)
+    lines = [f"  {'key':<{width}}  {'stage':<9}{'epochs':>6}  parent"]
+    lines += [f"  {v.key:<{width}}  {v.stage:<9}{planned_epochs(cfg, v):>6}  {v.parent or '-'}" for v in plan]
+    return "\n".join(lines)
+
+
 def describe(plan: Plan, cfg: Config, gpus: float | None = None, cpus: int | None = None) -> str:
     """The plan as a short table: the data, then per stage the variants, epochs and images to train, what each trial
     gets (`gpus`/`cpus`: of this machine, when known; no GPU column where there is none) and how many run at once."""
@@ -276,11 +293,8 @@ def describe(plan: Plan, cfg: Config, gpus: float | None = None, cpus: int | Non
     if n_train:
         lines.append(f"  {total:,} training images in all (epochs x images; teacher passes for the logit cache extra)")
     if cpus is not None:
-        slots = int(cpus // res.cpus_per_trial) if res.cpus_per_trial else cpus
-        if gpu and gpus:
-            slots = min(slots, int(gpus / gpu + 1e-9))
         here = f"{cpus} CPU(s), " + (f"{gpus:g} GPU(s)" if gpus else "no GPU")
-        lines.append(f"  here: {here}: up to {max(1, slots)} trial(s) at once")
+        lines.append(f"  here: {here}: up to {trial_slots(cfg, cpus, gpus or 0)} trial(s) at once")
     if cfg.sweep:
         sizes = " x ".join(f"{k} ({len(v)})" for k, v in cfg.sweep.items())
         n = 1

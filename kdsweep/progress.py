@@ -29,6 +29,7 @@ class Progress:
         self.slots = 1
         self.pending: dict[str, tuple[str, int]] = {}  # train task id -> (stage, epochs), until it finishes
         self.finished: list[tuple[str, int, float]] = []  # (stage, epochs, seconds in the trial) of finished ones
+        self.prior: dict[str, float] | None = None  # `run --estimate`'s seconds per epoch per stage, until measured
 
     def event(self, task: Task, status: str, result: dict) -> None:
         if status == "start":
@@ -57,6 +58,6 @@ class Progress:
         fail = f", {self.failed} not ok" if self.failed else ""
         what = status.split(":")[0]
         trained = f" · trained {counts}" if counts else ""
-        eta = eta_seconds(self.finished, list(self.pending.values()), self.slots) if self.pending else None
+        eta = eta_seconds(self.finished, list(self.pending.values()), self.slots, self.prior) if self.pending else None
         left = f" · ETA ~{duration(eta)} of training" if eta is not None else ""
         self.echo(f"[{task.id}] {what}{trained}{fail} · best acc {best} · {el // 60}m{el % 60:02d}s elapsed{left}")

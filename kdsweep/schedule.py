@@ -18,11 +18,9 @@ from ray.tune.search import Searcher
 
 from . import storage
 from .errors import last_line
+from .names import TASK_PRIORITY
 
-# which ready task a free slot takes first: the teacher, its logits, then the KD students (every pruned variant waits
-# on one), the no-KD baseline, pruned and quantized variants; latency last, once all training is over
-PRIORITY = ("teacher", "logits", "student", "baseline", "pruned", "quantized", "latency")
-RANK = {kind: i for i, kind in enumerate(PRIORITY)}
+RANK = {kind: i for i, kind in enumerate(TASK_PRIORITY)}  # names.py says why this order
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ class Status:
     uri: str
     variants: list[VariantState]
     best: tuple[str, float] | None  # (variant, test accuracy) of the best ok non-teacher variant
-    eta_s: float | None  # training time left, from the finished trials' durations
+    eta_s: float | None  # training time left, from the finished trials' durations (or the run's estimate)
     at_once: int  # trials that ran at the same time, as observed
     notes: list[str] = field(default_factory=list)
 
@@ -62,20 +62,27 @@ def most_at_once(spans: list[tuple[float, float]]) -> int:
     return most
 
 
-def eta_seconds(finished: list[tuple[str, int, float]], remaining: list[tuple[str, int]], at_once: int) -> float | None:
+def eta_seconds(finished: list[tuple[str, int, float]], remaining: list[tuple[str, int]], at_once: int,
+                prior: dict[str, float] | None = None) -> float | None:
     """Training time left: each remaining (stage, epochs left) at its stage's mean seconds per epoch over the
-    finished (stage, epochs, seconds), or all stages' mean where its stage has none finished yet, spread over
-    `at_once` trials. None before any trial with epochs has finished."""
+    finished (stage, epochs, seconds), else at `prior`'s seconds per epoch for that stage (`run --estimate`'s, kept
+    in the experiment), else all stages' mean, spread over `at_once` trials. None when there is nothing to go by."""
     per_stage: dict[str, list[float]] = {}
     for stage, epochs, seconds in finished:
         if epochs > 0 and seconds > 0:
             per_stage.setdefault(stage, []).append(seconds / epochs)
-    if not per_stage:
+    samples = [x for v in per_stage.values() for x in v] or list((prior or {}).values())
+    if not samples:
         return None
-    overall = sum(sum(v) for v in per_stage.values()) / sum(len(v) for v in per_stage.values())
-    mean = {s: sum(v) / len(v) for s, v in per_stage.items()}
-    work = sum(mean.get(stage, overall) * left for stage, left in remaining)
+    overall = sum(samples) / len(samples)
+    known = {**(prior or {}), **{s: sum(v) / len(v) for s, v in per_stage.items()}}  # measured beats estimated
+    work = sum(known.get(stage, overall) * left for stage, left in remaining)
     return work / max(1, at_once)
+
+
+def read_estimate(experiment: str) -> dict:
+    """The experiment's `run --estimate` result ({} when the run was started without it)."""
+    return read_record(Paths(str(experiment)).estimate) or {}
 
 
 def experiment_status(experiment: str, now: float | None = None) -> Status:
@@ -122,9 +129,10 @@ def experiment_status(experiment: str, now: float | None = None) -> Status:
         states.append(st)
     best = max(accs) if accs else None
     running = sum(s.state == "running" for s in states)
-    at_once = max(most_at_once(spans), running, 1)
+    guess = read_estimate(experiment)
+    at_once = max(most_at_once(spans), running, 1 if spans else int(guess.get("slots", 1)))
     remaining = [(s.stage, max(0, s.epochs - s.epoch)) for s in states if s.state not in DONE]
-    eta = eta_seconds(finished, remaining, at_once) if remaining else 0.0
+    eta = eta_seconds(finished, remaining, at_once, guess.get("epoch_s")) if remaining else 0.0
     notes = [f"unreadable: {u}" for u in exp.unreadable]
     return Status(exp.uri, states, (best[1], best[0]) if best else None, eta, at_once, notes)
 
@@ -152,7 +160,7 @@ def format_status(st: Status, width: int = 12) -> str:
             lines.append(f"  failed: {v.label}: {v.error.splitlines()[0][:160] if v.error else '?'}")
     lines.append(f"  best so far: {st.best[0]} {st.best[1]:.4f}" if st.best else "  best so far: -")
     if st.eta_s is None:
-        lines.append("  ETA: after the first trial finishes")
+        lines.append("  ETA: after the first trial finishes (or start the run with --estimate)")
     elif st.eta_s == 0 and not any(v.state not in DONE for v in st.variants):
         timing = " (latency timing not finished)" if counts.get("trained") else ""
         lines.append("  training finished" + timing + ("" if counts.get("ok") or counts.get("trained") else

@@ -22,8 +22,9 @@ from .fusion import describe_fusion, fuse_limit
 from .graph import Sweep
 from .names import STAGES
 from .paths import Paths, read_record
-from .plan import Plan, describe, make_plan, planned_epochs
+from .plan import Plan, describe, listing, make_plan, planned_epochs, trial_slots
 from .progress import Echo, Progress, say
+from .status import duration, eta_seconds
 
 
 def experiment_location(storage: str | Path, name: str) -> Path | str:
@@ -91,6 +92,10 @@ def execute(sweep: Sweep, progress: Progress, shared: list, gpus: float, slots: 
     if train:
         sweep.echo(f"[sweep] training {sum(len(t.members) for t in train)} variant(s): "
                    + ", ".join(f"{s} {n}" for s, n in progress.total.items()) + f"; {slots} trial slot(s)")
+        if progress.prior:
+            eta = eta_seconds([], list(progress.pending.values()), slots, progress.prior)
+            sweep.echo(f"[sweep] ETA ~{duration(eta)} of training (estimated; measured trials take over as they "
+                       "finish)")
     cpus = cfg.resources.cpus_per_trial
     fused_gpus = min(cfg.resources.gpus_per_fused, sweep.gpus)  # never more than the cluster has
     fused = [t for t in train if t.kind == "fused"]
@@ -140,7 +145,7 @@ def _finished(exp: Path | str, plan: Plan) -> int:
 
 def run(config: str | Path | dict | Config, overrides: list[str] | None = None, storage: str | Path = "./runs",
         name: str | None = None, address: str | None = None, dry_run: bool = False,
-        echo: Echo = say) -> Path | str:
+        echo: Echo = say, estimate: bool = False, list_variants: bool = False) -> Path | str:
     """Run (or resume) a sweep and return its experiment folder `<storage>/<name>`.
 
     `storage` is a local/NFS path (the return value is then a Path) or a URI such as s3://bucket/prefix (returned as
@@ -160,6 +165,15 @@ def run(config: str | Path | dict | Config, overrides: list[str] | None = None, 
     echo(describe(plan, cfg, torch.cuda.device_count() if local else None, os.cpu_count() if local else None))
     echo(describe_fusion(plan, cfg))
     echo(f"  output: {exp} ({_finished(exp, plan)} of {len(plan)} variants already trained there)")
+    if list_variants:
+        echo(listing(plan, cfg))
+    guess = None
+    if estimate:
+        from .estimate import estimate as time_it
+
+        gpus_here = torch.cuda.device_count() if local else 0
+        guess = time_it(plan, cfg, trial_slots(cfg, os.cpu_count() or 1, gpus_here), gpus_here)
+        echo(guess.line())
     if dry_run:
         return exp
     data = load_dataset(cfg.data)  # missing/corrupt data fails here, before Ray starts or anything is written
@@ -183,11 +197,14 @@ def run(config: str | Path | dict | Config, overrides: list[str] | None = None, 
             echo(f"note: {exp} is object storage: nothing stops two kdsweep drivers from running this experiment "
                  "at once")
         save_experiment(exp, cfg, plan)
+        if guess is not None:  # `kdsweep status` and the progress lines start from it until trials have finished
+            store.write_bytes(Paths(exp).estimate, json.dumps(guess.to_dict(), indent=1).encode())
         shared = [{"config": cfg.model_dump(mode="json"), "root": str(exp.resolve()) if isinstance(exp, Path) else exp,
                    "data": ray.put(to_arrays(data)),
                    "plan": [{"key": v.key, "variant": v.to_dict()} for v in plan],
                    "cpus_per_trial": cfg.resources.cpus_per_trial}]
         progress = Progress(echo, time.time(), cfg.measure.runtimes)
+        progress.prior = guess.epoch_s if guess is not None else None
         sweep = Sweep(cfg, exp, plan, echo, devices)
         sweep.gpus = gpus_total
         sweep.fuse_limit = fuse_limit(cfg.resources.fuse, gpus_total)

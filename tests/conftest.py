@@ -22,7 +22,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @pytest.fixture(scope="session")
 def smoke_exp(tmp_path_factory) -> Path:
-    """A finished reduced smoke experiment (real training on digits, real local Ray)."""
+    """A finished reduced smoke experiment (real training on digits, real local Ray), started with --estimate."""
     import kdsweep
 
-    return kdsweep.run(SMOKE, overrides=REDUCED, storage=tmp_path_factory.mktemp("runs"))
+    return kdsweep.run(SMOKE, overrides=REDUCED, storage=tmp_path_factory.mktemp("runs"), estimate=True)

@@ -98,7 +98,6 @@ def test_wait_for_blocks_until_the_driver_signals(tmp_path):
 
 
 def test_every_stage_has_a_place_in_the_priority():
-    from kdsweep.names import STAGES
-    from kdsweep.schedule import PRIORITY
+    from kdsweep.names import STAGES, TASK_PRIORITY
 
-    assert sorted(PRIORITY) == sorted({*STAGES, "logits", "latency"})  # a new stage needs a slot in the schedule
+    assert sorted(TASK_PRIORITY) == sorted({*STAGES, "logits", "latency"})  # a new stage needs a slot in the schedule
