@@ -1,6 +1,6 @@
-"""Reference pages generated from the code so that they cannot drift: docs/configuration.md from the pydantic schema
-and docs/cli.md from the argument parser. `scripts/gen_docs.py` writes them; tests/test_docs.py fails when one is
-stale or a config key has no meaning written for it.
+"""Reference pages generated from the code so that they cannot drift: docs/configuration.md from the pydantic schema,
+docs/cli.md from the argument parser and docs/results.md from the results schema. `scripts/gen_docs.py` writes
+them; tests/test_docs.py fails when one is stale or a config key or results column has no meaning written for it.
 """
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
-from .cli import EXIT_CODES, _parser
+from .cli import EXIT_CODES, parser
 from .config import Config
+from .results import COLUMNS, DESCRIPTIONS, SCHEMA
 
 # what each key means, for the keys whose pydantic Field carries no description
 MEANINGS = {
@@ -100,10 +101,10 @@ def configuration_page() -> str:
 
 def cli_page() -> str:
     """docs/cli.md: every command with its arguments, defaults and help, and the exit codes."""
-    parser = _parser()
+    ap = parser()
     lines = ["# Command line reference", "",
              "Generated from the argument parser (`kdsweep/cli.py`) by `python scripts/gen_docs.py`; do not edit.", ""]
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
     helps = {c.dest: c.help for c in sub._choices_actions}
     for name, sp in sub.choices.items():
         lines += [f"## `kdsweep {name}`", "", helps.get(name) or "", "", "| argument | default | help |",
@@ -117,4 +118,27 @@ def cli_page() -> str:
         lines.append("")
     lines += ["`kdsweep --version` prints the version.", "", "## Exit codes", "", "| code | meaning |",
               "| --- | --- |"] + [f"| {code} | {meaning} |" for code, meaning in EXIT_CODES.items()]
+    return "\n".join(lines) + "\n"
+
+
+def results_page() -> str:
+    """docs/results.md: every results column with its type and meaning, and how to read an experiment's results."""
+    lines = ["# Results reference", "",
+             "Generated from the results schema (`kdsweep/results.py`) by `python scripts/gen_docs.py`; do not edit.",
+             "", "An experiment `<storage>/<name>/` keeps one Parquet file per variant in `results/`, written "
+             "atomically, with **one row per (runtime, device)** the variant was timed under; the training columns "
+             "repeat on each row. A failed or skipped variant has one row with `runtime` null. `kdsweep analyze` "
+             "turns them into `analysis/results.csv` (one row per variant and seed: `Variant,Accuracy,LatencyMs,SizeMB`"
+             ", then one `LatencyMs[<runtime>]` column per runtime), `tradeoffs.md` and `metrics_grid.png`.", "",
+             "## Reading them", "", "```python",
+             "from kdsweep.results import read_results   # also reads files of older kdsweep versions",
+             "df = read_results(\"runs/smoke/results\")",
+             "df.pivot_table(index=\"variant\", columns=\"runtime\", values=\"latency_ms\")  # latency by runtime",
+             "", "import duckdb                                # any Parquet reader works on files of one version",
+             "duckdb.sql(\"SELECT variant, runtime, test_acc, latency_ms FROM 'runs/smoke/results/*.parquet'\")",
+             "", "import polars as pl",
+             "pl.read_parquet(\"runs/smoke/results/*.parquet\")", "```", "",
+             "## Columns", "", "In the contract's order (DESIGN.md, \"Results contract\").", "",
+             "| column | type | meaning |", "| --- | --- | --- |"]
+    lines += [f"| `{c}` | {SCHEMA.field(c).type} | {DESCRIPTIONS[c]} |" for c in COLUMNS]
     return "\n".join(lines) + "\n"

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Write the generated reference pages: docs/configuration.md (pydantic schema) and docs/cli.md (argument parser).
+"""Write the generated reference pages: docs/configuration.md (pydantic schema), docs/cli.md (argument parser) and
+docs/results.md (results schema).
 
     python scripts/gen_docs.py          # rewrite them
     python scripts/gen_docs.py --check  # exit 1 if one is stale (tests/test_docs.py does the same)
@@ -12,9 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kdsweep.reference import cli_page, configuration_page  # noqa: E402 - after the path above
+from kdsweep.reference import cli_page, configuration_page, results_page  # noqa: E402 - after the path above
 
-PAGES = {"docs/configuration.md": configuration_page, "docs/cli.md": cli_page}
+PAGES = {"docs/configuration.md": configuration_page, "docs/cli.md": cli_page, "docs/results.md": results_page}
 
 
 def main(argv: list[str]) -> int:
