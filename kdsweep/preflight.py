@@ -158,7 +158,7 @@ def latency_line(cfg: Config, devices: list[str] | None, gpus_total: float) -> s
     whose head has no GPU the trials may still time on theirs."""
     import torch
 
-    from .runtimes import auto_device
+    from .runtimes import ORT_GPU_FIX, auto_device, ort_packages
 
     here = "cuda" if gpus_total > 0 and torch.cuda.is_available() else "cpu"
     where = {rt: devices or [auto_device(rt, here)] for rt in cfg.measure.runtimes}
@@ -168,4 +168,6 @@ def latency_line(cfg: Config, devices: list[str] | None, gpus_total: float) -> s
         if here == "cuda" and where.get("onnxruntime") == ["cpu"]:
             line += "; this onnxruntime has no CUDA provider: install onnxruntime-gpu to time it on the GPU"
         line += ")"
+    if "onnxruntime" in cfg.measure.runtimes and len(ort_packages()) > 1:
+        line += f"; both onnxruntime and onnxruntime-gpu are installed and shadow each other: {ORT_GPU_FIX}"
     return line

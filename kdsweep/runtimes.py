@@ -44,6 +44,25 @@ def ort_has_cuda() -> bool:
     return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
+# pip's `onnxruntime` and `onnxruntime-gpu` install into one `onnxruntime` folder: with both present the CUDA provider
+# goes missing, and uninstalling one breaks the other, so the GPU build is reinstalled after removing the CPU one
+ORT_GPU_FIX = "pip uninstall -y onnxruntime && pip install --force-reinstall --no-deps onnxruntime-gpu"
+
+
+def ort_packages() -> list[str]:
+    """The ONNX Runtime distributions installed (`onnxruntime`, `onnxruntime-gpu`); more than one shadow each other."""
+    from importlib import metadata
+
+    found = []
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.version(name)
+            found.append(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
 def auto_device(runtime: str, here: str) -> str:
     """`measure.latency_device: auto`: the device ('cpu'|'cuda') a runtime times on in a trial whose device is
     `here`: the trial's device, except ONNX Runtime without its CUDA provider, which times on the CPU."""
