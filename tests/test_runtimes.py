@@ -213,3 +213,24 @@ def test_cuda_asked_by_name_with_a_cpu_only_onnxruntime_exits_2_before_ray_start
     assert len(err) == 1 and "onnxruntime-gpu" in err[0]
     assert err[0].startswith(f"kdsweep: error: config key '{name}': onnxruntime would time models on cuda")
     assert not ray.is_initialized() and not list(tmp_path.iterdir())
+
+
+def test_a_run_with_both_onnxruntime_builds_installed_says_how_to_fix_it(monkeypatch):
+    from importlib import metadata
+
+    from kdsweep import runtimes
+    from kdsweep.config import load_config
+    from kdsweep.preflight import latency_line
+
+    from .conftest import SMOKE as smoke
+
+    cfg = load_config(smoke)
+    assert runtimes.ort_packages() == ["onnxruntime"]  # this environment: pip's CPU build alone
+    assert runtimes.ORT_GPU_FIX not in latency_line(cfg, None, 0.0)
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: "1.20.0" if name == "onnxruntime-gpu" else real(name))
+    assert runtimes.ort_packages() == ["onnxruntime", "onnxruntime-gpu"]
+    line = latency_line(cfg, None, 0.0)
+    assert line.endswith("both onnxruntime and onnxruntime-gpu are installed and shadow each other: "
+                         + runtimes.ORT_GPU_FIX)
+    assert runtimes.ORT_GPU_FIX not in latency_line(load_config(smoke, ["measure.runtimes=[torch]"]), None, 0.0)
