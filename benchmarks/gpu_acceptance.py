@@ -149,7 +149,7 @@ def grid_overrides(n: int, smoke: bool) -> list[str]:
 
     over = SEED_OVERRIDES + [f"data.train_limit={n}", f"data.test_limit={max(16, n // 5)}"]
     if not smoke and runtime_problem("onnxruntime", "cuda"):
-        over.append("measure.runtimes=[torch]")  # kdsweep refuses ORT on a GPU without onnxruntime-gpu (a ConfigError)
+        over.append("measure.runtimes=[torch]")  # without onnxruntime-gpu ORT would time on the CPU: not this test
     return over + (SMOKE_OVERRIDES if smoke else [])
 
 
@@ -186,6 +186,7 @@ def epoch_timing(exp: Path) -> dict:
 def seed_grid(n: int, smoke: bool, storage: Path) -> dict:
     """One `kdsweep run` of the seed recipe at n training images: wall time, statuses, devices, per-stage timing."""
     cfg = grid_config(n, smoke)
+    guess = plan_estimate(cfg)  # what `kdsweep plan --estimate` would print here, checked against the run below
     d = percell.tmpdir(str(storage), f"ours-{n}-")
     r = bench.run_ours(cfg, d)
     rows = bench.ours_rows_analysis(cfg, r["exp"], n)
@@ -202,7 +203,21 @@ def seed_grid(n: int, smoke: bool, storage: Path) -> dict:
             "most_trials_at_once": most_at_once(list(zip(trained.trial_start, trained.trial_end))),
             "image_passes": rows["passes_from_rows"], "images_per_s_of_wall": round(train_images / r["wall_s"], 1),
             "milestones_s": r["waves"], "stages": rows["stages"], "epoch_timing": epoch_timing(r["exp"]),
-            "overrides": grid_overrides(n, smoke), "exp": str(r["exp"])}
+            "overrides": grid_overrides(n, smoke), "exp": str(r["exp"]), "estimate": guess,
+            "estimate_full": plan_estimate(grid_config(FULL_TRAIN, smoke)) if not smoke else None}
+
+
+def plan_estimate(cfg) -> dict:
+    """`kdsweep plan --estimate` for `cfg` on this machine: expected wall time, its range, and the timing's cost."""
+    import torch
+
+    from kdsweep.estimate import estimate
+    from kdsweep.plan import make_plan, trial_slots
+
+    gpus = torch.cuda.device_count()
+    est = estimate(make_plan(cfg), cfg, trial_slots(cfg, os.cpu_count() or 1, gpus), gpus)
+    return {"seconds": round(est.seconds, 1), "low": round(est.low, 1), "high": round(est.high, 1),
+            "timed_s": round(est.timed_s, 1), "slots": est.slots, "device": est.device}
 
 
 def extrapolate(runs: list[dict]) -> dict:
@@ -331,6 +346,11 @@ def markdown(res: dict) -> str:
             row(f"{k}: {g['variants']} variants, N = {g['n_train']}, {g['image_size']} px",
                 f"{g['wall_s']} s wall, status {g['status']}, latency on {', '.join(g['latency_devices'])}, "
                 f"at most {g['most_trials_at_once']} trials at once on GPU(s) {', '.join(g['gpu_ids']) or '-'}")
+            if e := g.get("estimate"):
+                row(f"· plan --estimate of {k}", f"{e['seconds']} s ({e['low']}-{e['high']}), timed in "
+                    f"{e['timed_s']} s: measured / estimate = {g['wall_s'] / e['seconds']:.2f}")
+            if e := g.get("estimate_full"):
+                row(f"· plan --estimate at {FULL_TRAIN} images", f"{e['seconds']} s ({e['low']}-{e['high']})")
     if runs:
         for how, x in extrapolate(runs).items():
             row(f"seed grid, {FULL_TRAIN} images, {runs[0]['image_size']} px ({how})",

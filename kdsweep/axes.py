@@ -19,7 +19,8 @@ from .errors import ConfigError
 
 # keys that are one setting per sweep, not per variant: what runs where, how it is timed, what it is called
 _PER_SWEEP = {"name": "the experiment's name", "sweep": "the sweep itself", "max_variants": "the plan limit",
-              "measure": "latency is one interleaved session per sweep", "resources": "one trial size per sweep"}
+              "measure": "latency is one interleaved session per sweep", "resources": "one trial size per sweep",
+              "tracking": "one tracking destination per sweep"}
 # data keys that change the arrays loaded (one dataset per sweep for now)
 _DATASET_KEYS = {"dataset", "root", "download", "verify", "train_limit", "test_limit", "split_seed", "stored_size"}
 # keys that are grid axes of the plan already: a swept list replaces their value instead of multiplying configs

@@ -217,6 +217,26 @@ class ResourcesConfig(_Strict):
         raise ValueError(f"fuse must be auto, off or a positive number of members, got {v!r}")
 
 
+class MLflowConfig(_Strict):
+    uri: str | None = Field(None, description="MLflow tracking URI (`http://host:5000`, `file:./mlruns`, ...): one "
+                            "run per variant, nested under one run per sweep, logged by the driver; null: off")
+    experiment: str | None = Field(None, description="MLflow experiment name (default: the sweep's name)")
+    artifacts: bool = Field(True, description="also log each variant's ONNX file and result rows as artifacts")
+
+
+class WandbConfig(_Strict):
+    project: str | None = Field(None, description="Weights & Biases project: one run per variant, grouped by sweep; "
+                                "null: off")
+    mode: Literal["offline", "online"] = Field("offline", description="`offline` keeps the runs on this machine "
+                                               "(`wandb sync` uploads them later); `online` sends them")
+    entity: str | None = Field(None, description="W&B entity (team or user); default: yours")
+
+
+class TrackingConfig(_Strict):
+    mlflow: MLflowConfig = MLflowConfig()
+    wandb: WandbConfig = WandbConfig()
+
+
 class Config(_Strict):
     name: str = Field("kdsweep", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     seeds: list[int] = [0]
@@ -228,6 +248,7 @@ class Config(_Strict):
     quantize: QuantizeConfig = QuantizeConfig()
     measure: MeasureConfig = MeasureConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
     # dotted key -> values, the axes that multiply configs (kdsweep.axes); validated and normalised by build_config
     sweep: dict[str, list[Any]] = {}
     max_variants: int = Field(2000, ge=1, description="a plan with more variants than this is refused")

@@ -27,14 +27,12 @@ from .fusion import fuse_limit, fused_groups
 from .measure import predict
 from .models import build_model
 from .names import STAGES, STRUCTURED, TASK_PRIORITY
-from .plan import Plan, Variant, logits_key, planned_epochs, teacher_of, train_size, variant_config
+from .plan import Plan, Variant, logits_key, n_test_images, planned_epochs, teacher_of, train_size, variant_config
 from .pruning import apply_pruning
 from .stages import needs_onnx
 from .status import duration
 from .structured import structured_prune
 
-# images per epoch of the test split, where known before reading it (digits: its 20 % split)
-TEST_SIZES = {"cifar10": 10_000, "cifar100": 10_000, "digits": 360, "tiny-imagenet": 10_000, "synthetic": 256}
 # the size images are kept at in memory (the views resize them to data.image_size on the fly)
 STORED = {"cifar10": 32, "cifar100": 32, "digits": 32, "tiny-imagenet": 64, "synthetic": 32}
 
@@ -169,11 +167,10 @@ def estimate(plan: Plan, cfg: Config, slots: int, gpus: int = 0, device: torch.d
     t_start = time.perf_counter()
     device = device or torch.device("cuda" if gpus and torch.cuda.is_available() else "cpu")
     classes = {"cifar100": 100, "tiny-imagenet": 200}.get(cfg.data.dataset, 10)
-    n_train, n_test = train_size(cfg), TEST_SIZES.get(cfg.data.dataset)
+    n_train, n_test = train_size(cfg), n_test_images(cfg)
     if n_train is None or n_test is None:  # imagefolder: counted by reading it (its cache, after the first time)
         data = load_dataset(cfg.data)
         n_train, n_test, classes = len(data.train_y), len(data.test_y), data.num_classes
-    n_test = min(n_test, cfg.data.test_limit or n_test)
     cached = cfg.kd.teacher_logits == "cached"
     trained = [v for v in plan if v.stage != "quantized"]
     groups = fused_groups(cfg, trained, fuse_limit(cfg.resources.fuse, gpus), gpus)

@@ -162,6 +162,8 @@ def variant_config(cfg: Config, v: Variant) -> Config:
 # training images of the datasets whose size is known before reading them (digits: its fixed 80 % split;
 # synthetic: data.train_limit, default 1,024); imagefolder is counted when it is read
 TRAIN_SIZES = {"cifar10": 50_000, "cifar100": 50_000, "digits": 1_437, "tiny-imagenet": 100_000, "synthetic": 1_024}
+# and of their test splits (digits: the other 20 %; tiny-imagenet: its val split; synthetic: data.test_limit, 256)
+TEST_SIZES = {"cifar10": 10_000, "cifar100": 10_000, "digits": 360, "tiny-imagenet": 10_000, "synthetic": 256}
 
 
 def planned_epochs(cfg: Config, v: Variant) -> int:
@@ -246,6 +248,14 @@ def train_size(cfg: Config) -> int | None:
     if d.dataset == "synthetic":
         return d.train_limit or full
     return None if full is None else min(full, d.train_limit or full)
+
+
+def n_test_images(cfg: Config) -> int | None:
+    """Test images accuracy is taken on, where the dataset's size is known without reading it (else None)."""
+    full = TEST_SIZES.get(cfg.data.dataset)
+    if cfg.data.dataset == "synthetic":
+        return cfg.data.test_limit or full
+    return None if full is None else min(full, cfg.data.test_limit or full)
 
 
 def _epochs(values: list[int]) -> str:

@@ -113,7 +113,17 @@ def _runtimes(cfg: Config) -> str | None:
 
 
 # in the order the schema used to check them (one error is reported: the first)
-_CHECKS: tuple[Callable[[Config], str | None], ...] = (_known_archs, _runtimes, _files, _input_sizes, _structured)
+def _trackers(cfg: Config) -> str | None:
+    """A tracker asked for needs its package (an optional extra), found without importing it."""
+    for key, wanted, module in (("tracking.mlflow.uri", cfg.tracking.mlflow.uri, "mlflow"),
+                                ("tracking.wandb.project", cfg.tracking.wandb.project, "wandb")):
+        if wanted is not None and not _module_installed(module):
+            return f"{key}: {module} is not installed (pip install -e '.[{module}]')"
+    return None
+
+
+_CHECKS: tuple[Callable[[Config], str | None], ...] = (_known_archs, _runtimes, _files, _input_sizes, _structured,
+                                                       _trackers)
 
 
 def _module_installed(name: str) -> bool:

@@ -30,6 +30,7 @@ class Progress:
         self.pending: dict[str, tuple[str, int]] = {}  # train task id -> (stage, epochs), until it finishes
         self.finished: list[tuple[str, int, float]] = []  # (stage, epochs, seconds in the trial) of finished ones
         self.prior: dict[str, float] | None = None  # `run --estimate`'s seconds per epoch per stage, until measured
+        self.after_train: Callable[[list[str]], object] | None = None  # given the keys of a finished training task
 
     def event(self, task: Task, status: str, result: dict) -> None:
         if status == "start":
@@ -44,6 +45,8 @@ class Progress:
             self.done[task.stage] = self.done.get(task.stage, 0) + len(task.members)
             if task.kind == "fused":  # count the members that did not train, not the task
                 failed = sum(s != "ok" for s in json.loads(result.get("members") or "{}").values()) or failed
+            if self.after_train is not None:  # e.g. the trackers log the variants whose records just landed
+                self.after_train(list(task.members))
             stage, epochs = self.pending.pop(task.id, (task.stage, 0))
             start, end = result.get("trial_start"), result.get("trial_end")
             if status == "ok" and isinstance(start, float) and isinstance(end, float):

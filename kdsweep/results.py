@@ -39,6 +39,8 @@ SCHEMA = pa.schema([
     ("axes", pa.string()),
     # the fused task (`resources.fuse`) that trained this variant together with others; null when it trained alone
     ("fused_group", pa.string()),
+    # how many test images `test_acc` was taken on: the binomial CI of a one-seed accuracy needs it
+    ("test_images", pa.int64()),
 ])
 COLUMNS = SCHEMA.names
 
@@ -98,6 +100,7 @@ DESCRIPTIONS = {
                       "split)",
     "axes": "the swept keys (`sweep:` section) this variant depends on, a JSON object of dotted key -> value",
     "fused_group": "the fused task that trained it with others (`fused-<stage>-x<members>-<hash>`); null if alone",
+    "test_images": "images of the test split `test_acc` was taken on (the binomial CI of one seed's accuracy)",
 }
 
 

@@ -200,7 +200,7 @@ def finish_variant(cfg: Config, v: Variant, paths: Paths, data: Dataset, device:
     size = model_size(model)
     record = {
         "status": "ok", "error": None,
-        "test_acc": test_acc,
+        "test_acc": test_acc, "test_images": len(data.test_y),
         "params": size.params, "nonzero_params": size.nonzero_params, "sparsity": size.sparsity,
         "size_mb": size.size_mb, "size_nonzero_mb": size.size_nonzero_mb, "size_compressed_mb": size.size_compressed_mb,
         "macs": count_macs(model, cfg.data.image_size),
@@ -271,7 +271,8 @@ def _quantize(cfg: Config, v: Variant, paths: Paths, data: Dataset, plan_by_key:
     ref = predict(model, data.test_x, view, torch.device("cpu")).argmax(1).numpy()
     params, nonzero = prec.get("params"), prec.get("nonzero_params")
     return {
-        "status": "ok", "error": None, "test_acc": acc, "top1_agreement": float((preds == ref).mean()),
+        "status": "ok", "error": None, "test_acc": acc, "test_images": len(data.test_y),
+        "top1_agreement": float((preds == ref).mean()),
         # one byte per weight: the reference's params·4 figure at int8
         "params": params, "nonzero_params": nonzero, "sparsity": prec.get("sparsity"),
         "size_mb": params / 1e6 if params else None, "size_nonzero_mb": nonzero / 1e6 if nonzero else None,

@@ -25,6 +25,7 @@ from .paths import Paths, read_record
 from .plan import Plan, describe, listing, make_plan, planned_epochs, trial_slots
 from .progress import Echo, Progress, say
 from .status import duration, eta_seconds
+from .tracking import trackers
 
 
 def experiment_location(storage: str | Path, name: str) -> Path | str:
@@ -205,10 +206,16 @@ def run(config: str | Path | dict | Config, overrides: list[str] | None = None, 
                    "cpus_per_trial": cfg.resources.cpus_per_trial}]
         progress = Progress(echo, time.time(), cfg.measure.runtimes)
         progress.prior = guess.epoch_s if guess is not None else None
+        track = trackers(cfg, exp, plan, echo)
+        if track is not None:
+            track.sync()  # what earlier runs finished but could not log
+            progress.after_train = track.sync
         sweep = Sweep(cfg, exp, plan, echo, devices)
         sweep.gpus = gpus_total
         sweep.fuse_limit = fuse_limit(cfg.resources.fuse, gpus_total)
         execute(sweep, progress, shared, gpus, cluster.trial_slots(cfg.resources.cpus_per_trial, gpus))
+        if track is not None:
+            track.sync(force=True)  # the result rows of this run: latency, files, and anything that failed before
     finally:
         if started:
             ray.shutdown()

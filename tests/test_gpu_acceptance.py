@@ -39,6 +39,8 @@ def test_gpu_acceptance_cpu_smoke_writes_every_entry(tmp_path: Path) -> None:
         assert g["n_train"] == n and g["status"] == {"ok": 4} and g["latency_devices"] == ["cpu"]
         assert g["most_trials_at_once"] >= 1 and set(g["epoch_timing"]) == {"teacher", "baseline", "student", "pruned"}
         assert g["epoch_timing"]["student"]["trials"] == 1 and g["epoch_timing"]["student"]["epochs"] == 1
+        e = g["estimate"]  # plan --estimate of the same config, for measured / estimate on the GPU
+        assert 0 < e["low"] < e["seconds"] < e["high"] and e["device"] == "CPU" and g["estimate_full"] is None
     x = res["seed_grid_50k"]
     assert set(x) == {"from_epochs"} and "extrapolation" in x["from_epochs"]["label"]
     assert x["from_epochs"]["extrapolated_s"] > s["seed_grid"]["wall_s"]

@@ -42,7 +42,7 @@ STATUS_ORDER = ("ok", "failed", "skipped", "unreadable", "missing")
 FLOAT_COLUMNS = ("temperature", "alpha", "prune_amount", "test_acc", "latency_ms", "latency_p90_ms",
                  "latency_ci95_ms", "size_mb", "size_nonzero_mb", "size_compressed_mb", "sparsity", "train_seconds",
                  "onnx_max_abs_diff", "top1_agreement")
-INT_COLUMNS = ("seed", "params", "nonzero_params", "macs", "size_bytes", "latency_iters")
+INT_COLUMNS = ("seed", "params", "nonzero_params", "macs", "size_bytes", "latency_iters", "test_images")
 TEXT_COLUMNS = ("runtime", "precision", "prune_method")
 
 

@@ -5,6 +5,7 @@ import math
 
 import pandas as pd
 
+from .noise import tied_with_best
 from .tables import KIND_NAMES, Tables
 
 ERROR_CHARS = 160  # the full error text is in results.csv; the table keeps one readable line
@@ -27,6 +28,12 @@ def pm(mean: object, std: object, digits: int = 2, scale: float = 1.0) -> str:
     m = num(mean, digits, scale)
     s = num(std, digits, scale)
     return m if s == "—" or m == "—" else f"{m} ± {s}"
+
+
+def interval(lo: object, hi: object, digits: int = 1) -> str:
+    """An accuracy interval in %, 'lo–hi'; '—' when there is none."""
+    a, b = num(lo, digits, 100), num(hi, digits, 100)
+    return "—" if "—" in (a, b) else f"{a}–{b}"
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -56,7 +63,9 @@ def tradeoffs_markdown(t: Tables) -> str:
     out += [f"{len(v)} variants ({', '.join(f'{c} {s}' for s, c in counts.items())}); seeds: "
             f"{', '.join(map(str, seeds)) or '—'}; latency: batch 1 on {', '.join(devices) or '—'}, "
             f"{_runtime_note(t)}.",
-            "Accuracy in %, mean ± std over seeds (n = ok seeds), 95 % CI half-width from Student's t. "
+            "Accuracy in %, mean ± std over seeds (n = ok seeds), and its 95 % CI: Student's t over seeds where "
+            "there are two or more, else binomial (Wilson) over the test images; *tie* marks a variant whose CI "
+            "overlaps that of the best of its kind (*best*). "
             "Failed, skipped, unreadable and missing variants are listed but left out of means, marginals and "
             "Pareto fronts.", ""]
     out += [f"**Note:** {n}\n" for n in t.notes if n.startswith("headline latency runtimes differ")]
@@ -85,8 +94,8 @@ def tradeoffs_markdown(t: Tables) -> str:
         for axis, m in t.by_axis.items():
             out += [f"### By {axis}", "", _swept_marginal(m, axis), ""]
     out += ["## Pareto fronts", "", "Variants no other ok variant beats on both accuracy (higher) and the cost "
-            "(lower). Latencies whose noise intervals overlap are ties: a variant is only faster beyond the noise.",
-            ""]
+            "(lower). Latencies whose noise intervals overlap are ties: a variant is only faster beyond the noise. "
+            "*≈ best* marks front members whose accuracy CI overlaps that of the front's most accurate one.", ""]
     fronts = [("Accuracy vs latency", t.pareto_latency, "latency_ms", "Latency p50 ms"),
               ("Accuracy vs non-zero size", t.pareto_size, "size_nonzero_mb", "Non-zero MB")]
     if not t.pareto_bytes.empty:
@@ -109,13 +118,15 @@ def _runtime_note(t: Tables) -> str:
 
 
 def _variants(v: pd.DataFrame) -> str:
-    header = ["Variant", "Status", "n", "Accuracy %", "95 % CI (± pp)", "Latency p50 ms", "Latency p90 ms",
+    header = ["Variant", "Status", "n", "Accuracy %", "95 % CI %", "Tie", "Latency p50 ms", "Latency p90 ms",
               "Runtime", "Size MB", "Non-zero MB", "Compressed MB", "ONNX MB", "MMACs", "Sparsity %", "Error"]
     rows = []
     for r in v.itertuples():
         err = r.error if isinstance(r.error, str) else ""
         rows.append([r.variant, r.status, r.n, pm(r.test_acc_mean, r.test_acc_std, 2, 100),
-                     num(r.test_acc_ci95, 2, 100), pm(r.latency_ms_mean, r.latency_ms_std, 3),
+                     interval(r.test_acc_lo, r.test_acc_hi) + (f" ({r.test_acc_ci_kind})" if r.test_acc_ci_kind
+                                                               else ""),
+                     r.acc_rank, pm(r.latency_ms_mean, r.latency_ms_std, 3),
                      num(r.latency_p90_ms_mean, 3), text(r.latency_runtime), num(r.size_mb_mean),
                      num(r.size_nonzero_mb_mean), num(r.size_compressed_mb_mean), num(r.size_bytes_mean, 2, 1e-6),
                      num(r.macs_mean, 1, 1e-6), num(r.sparsity_mean, 1, 100),
@@ -202,9 +213,13 @@ def _front(front: pd.DataFrame, col: str, label: str) -> str:
     if front.empty:
         return "(no ok variants)"
     latency = col == "latency_ms"
-    header = ["Variant", "Accuracy %", label, *(["± ms", "Runtime"] if latency else []), "n"]
+    tie = tied_with_best(front) if "test_acc_lo" in front else pd.Series(False, index=front.index)
+    header = ["Variant", "Accuracy %", "95 % CI %", "≈ best", label, *(["± ms", "Runtime"] if latency else []), "n"]
     scale, digits = (1e-6, 2) if col == "size_bytes" else (1.0, 3)
-    rows = [[r.variant, pm(r.test_acc_mean, r.test_acc_std, 2, 100), num(getattr(r, f"{col}_mean"), digits, scale),
+    rows = [[r.variant, pm(r.test_acc_mean, r.test_acc_std, 2, 100),
+             interval(getattr(r, "test_acc_lo", None), getattr(r, "test_acc_hi", None)), "≈" if tie[r.Index] else "",
+             num(getattr(r, f"{col}_mean"), digits, scale),
              *([num(r.latency_spread_ms, 3), text(r.latency_runtime)] if latency else []), r.n]
             for r in front.itertuples()]
-    return md_table(header, rows)
+    note = f"{int(tie.sum())} of {len(front)} within the accuracy CI of the front's most accurate."
+    return md_table(header, rows) + "\n\n" + note

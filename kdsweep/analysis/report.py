@@ -9,10 +9,11 @@ import pandas as pd
 
 from .. import storage
 from .load import STAGE_ORDER, Experiment, experiment_from_rows, load_experiment, location
-from .markdown import num, pm, text, tradeoffs_markdown
+from .markdown import interval, num, pm, text, tradeoffs_markdown
+from .noise import ties_line
 from .pareto import fastest
 from .plots import metrics_grid, save_figure
-from .tables import Tables, results_frame, tradeoff_tables
+from .tables import KIND_NAMES, Tables, results_frame, tradeoff_tables
 
 
 def analyze(experiment_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
@@ -72,12 +73,13 @@ def headline_table(data: pd.DataFrame | Experiment | Tables) -> str:
     w = max([len("variant"), *map(len, picks)])
     rw = max([len("role"), *(len(", ".join(roles)) for roles in picks.values())]) + 2
     ew = max([len("runtime"), *map(len, runtimes)]) + 2 if len(runtimes) > 1 else 0
-    lines = [f"{'variant':<{w}}  {'role':<{rw}}{'n':>3}{'acc %':>15}{'lat ms':>9}{'  runtime' if ew else '':<{ew}}"
-             f"{'nz MB':>9}{'Δacc pp':>9}"]
+    lines = [f"{'variant':<{w}}  {'role':<{rw}}{'n':>3}{'acc %':>15}{'95% CI':>13}{'lat ms':>9}"
+             f"{'  runtime' if ew else '':<{ew}}{'nz MB':>9}{'Δacc pp':>9}"]
     for label, roles in picks.items():
         r = v[v["variant"] == label].iloc[0]
         runtime = f"  {text(r.latency_runtime)}" if ew else ""
         lines.append(f"{label:<{w}}  {', '.join(roles):<{rw}}{r.n:>3}{pm(r.test_acc_mean, r.test_acc_std, 2, 100):>15}"
+                     f"{interval(r.test_acc_lo, r.test_acc_hi):>13}"
                      f"{num(r.latency_ms_mean, 3):>9}{runtime:<{ew}}{num(r.size_nonzero_mb_mean):>9}"
                      f"{num(r.get('d_test_acc_vs_teacher'), 2, 100, True):>9}")
     counts = ", ".join(f"{c} {s}" for s, c in v["status"].value_counts().items())
@@ -86,6 +88,8 @@ def headline_table(data: pd.DataFrame | Experiment | Tables) -> str:
         where = t.latency_runtimes[t.latency_runtimes["headline"]].groupby("latency_runtime", sort=False)
         shown = [f"{rt} ({', '.join(dict.fromkeys(g['latency_device']))})" for rt, g in where]
         lines.append(f"latency: batch-1 median on {', '.join(shown)}")
+    if (ties := ties_line(v, KIND_NAMES)) is not None:
+        lines.append(ties)
     if len(quickest) > 1:
         lines.append(f"fastest: a tie within the latency noise between {len(quickest)} variants "
                      f"({num(quickest['latency_ms_mean'].min(), 3)}–{num(quickest['latency_ms_mean'].max(), 3)} ms)")

@@ -36,3 +36,14 @@ def mean_std_ci(values: Iterable[float | None]) -> tuple[float, float, float, in
         return mean, math.nan, math.nan, 1
     std = float(x.std(ddof=1))
     return mean, std, t_critical(n - 1) * std / math.sqrt(n), n
+
+
+def wilson(p: float, n: float, z: float = _Z975) -> tuple[float, float]:
+    """The 95 % Wilson score interval (lo, hi) of an accuracy `p` measured on `n` test images; NaNs without n.
+
+    Wilson, not p ± z·sqrt(p(1-p)/n): near 100 % accuracy the normal interval runs past 1 and shrinks to nothing."""
+    if not n or n != n or p != p:
+        return math.nan, math.nan
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -7,6 +7,7 @@ get a marginal each when they vary, and keep deltas comparing like with like.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ from .load import (
     variant_label,
     varying_axes,
 )
+from .noise import add_accuracy_intervals, add_accuracy_ties, fallback_test_images, one_seed_note
 from .pareto import PARETO_AXES, latency_spread, pareto_front
 from .stats import mean_std_ci
 
@@ -103,7 +105,10 @@ def tradeoff_tables(experiment: Experiment | str | os.PathLike, runtime: str | N
     exp = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
     planned = {p["key"]: p for p in exp.planned if "key" in p}
     variants = variant_table(exp.rows, [planned[k] for k in exp.missing], runtime=runtime)
-    notes = [n for n in [exp.missing_note] if n]
+    if len(variants):
+        missing_n = "test_images" not in variants or variants["test_images"].isna().all()
+        variants = add_accuracy_ties(add_accuracy_intervals(variants, fallback_test_images(exp) if missing_n else None))
+    notes = [n for n in [exp.missing_note, one_seed_note(variants) if len(variants) else None] if n]
     notes += [f"unreadable result file: {u}" for u in exp.unreadable]
     timed = variants.loc[variants["n"] > 0, "latency_runtime"].dropna() if len(variants) else pd.Series([], dtype=str)
     if timed.nunique() > 1:
@@ -221,6 +226,7 @@ def variant_table(rows: pd.DataFrame, missing: list[dict] | None = None, runtime
             mean, std, ci, _ = mean_std_ci(ok[m].astype(float))  # Int64 columns: NA -> NaN
             rec.update({f"{m}_mean": mean, f"{m}_std": std, f"{m}_ci95": ci})
         rec["latency_spread_ms"] = latency_spread(rec["latency_ci95_ms_mean"], rec["latency_ms_std"])
+        rec["test_images"] = next(iter(ok["test_images"].dropna()), math.nan) if "test_images" in ok else math.nan
         rec["latency_runtime"] = next(iter(ok["latency_runtime"].dropna()), None)
         rec["latency_device"] = ", ".join(map(str, ok["latency_device"].dropna().unique())) or None
         out.append(rec)
