@@ -32,6 +32,8 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("--list", dest="list_variants", action="store_true",
                       help="also print every variant: key, stage, epochs, parent")
     run.add_argument("--address", default=None, help="existing Ray cluster to use (default: RAY_ADDRESS or local)")
+    plan.add_argument("--address", default=None,
+                      help="Ray cluster whose CPUs and GPUs the plan counts trials on (default: RAY_ADDRESS or here)")
     an = sub.add_parser("analyze", help="write results.csv, tradeoffs.md and metrics_grid.png for an experiment")
     an.add_argument("experiment", help="experiment folder <storage>/<name> (local path or s3://...)")
     an.add_argument("--out", default=None, help="output folder (default <experiment>/analysis)")

@@ -99,6 +99,19 @@ def init_ray(address: str | None) -> bool:
     return True
 
 
+def cluster_size(address: str | None) -> tuple[int, float]:
+    """CPUs and GPUs of the Ray cluster at `address` (or RAY_ADDRESS), connecting only for the question (plan)."""
+    import ray
+
+    started = init_ray(address)
+    try:
+        have = ray.cluster_resources()
+        return int(have.get("CPU", 0)), float(have.get("GPU", 0))
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def gpus_total() -> float:
     """GPUs in the Ray cluster (logical ones included)."""
     import ray

@@ -280,9 +280,10 @@ def listing(plan: Plan, cfg: Config) -> str:
     return "\n".join(lines)
 
 
-def describe(plan: Plan, cfg: Config, gpus: float | None = None, cpus: int | None = None) -> str:
+def describe(plan: Plan, cfg: Config, gpus: float | None = None, cpus: int | None = None, where: str = "here") -> str:
     """The plan as a short table: the data, then per stage the variants, epochs and images to train, what each trial
-    gets (`gpus`/`cpus`: of this machine, when known; no GPU column where there is none) and how many run at once."""
+    gets (`gpus`/`cpus`: of this machine or the cluster `where` names, when known; no GPU share where there is none)
+    and how many run at once."""
     res = cfg.resources
     gpu = res.gpus_per_trial if gpus is None or gpus > 0 else 0
     n_train = train_size(cfg)
@@ -304,7 +305,7 @@ def describe(plan: Plan, cfg: Config, gpus: float | None = None, cpus: int | Non
         lines.append(f"  {total:,} training images in all (epochs x images; teacher passes for the logit cache extra)")
     if cpus is not None:
         here = f"{cpus} CPU(s), " + (f"{gpus:g} GPU(s)" if gpus else "no GPU")
-        lines.append(f"  here: {here}: up to {trial_slots(cfg, cpus, gpus or 0)} trial(s) at once")
+        lines.append(f"  {where}: {here}: up to {trial_slots(cfg, cpus, gpus or 0)} trial(s) at once")
     if cfg.sweep:
         sizes = " x ".join(f"{k} ({len(v)})" for k, v in cfg.sweep.items())
         n = 1

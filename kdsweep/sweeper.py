@@ -162,8 +162,13 @@ def run(config: str | Path | dict | Config, overrides: list[str] | None = None, 
     plan = make_plan(cfg)
     import torch
 
-    local = not (address or os.environ.get("RAY_ADDRESS"))  # a cluster's resources are known once Ray is up
-    echo(describe(plan, cfg, torch.cuda.device_count() if local else None, os.cpu_count() if local else None))
+    local = not (address or os.environ.get("RAY_ADDRESS"))
+    size, where = None, "here"
+    if local:
+        size = os.cpu_count() or 1, torch.cuda.device_count()
+    elif dry_run:  # plan --address: ask the cluster (a run learns it once it is connected)
+        size, where = cluster.cluster_size(address), f"cluster at {address or os.environ['RAY_ADDRESS']}"
+    echo(describe(plan, cfg, size[1] if size else None, size[0] if size else None, where))
     echo(describe_fusion(plan, cfg))
     echo(f"  output: {exp} ({_finished(exp, plan)} of {len(plan)} variants already trained there)")
     if list_variants:
@@ -172,8 +177,8 @@ def run(config: str | Path | dict | Config, overrides: list[str] | None = None, 
     if estimate:
         from .estimate import estimate as time_it
 
-        gpus_here = torch.cuda.device_count() if local else 0
-        guess = time_it(plan, cfg, trial_slots(cfg, os.cpu_count() or 1, gpus_here), gpus_here)
+        cpus, gpus_there = size or (os.cpu_count() or 1, torch.cuda.device_count())  # timed here, slots there
+        guess = time_it(plan, cfg, trial_slots(cfg, cpus, gpus_there), int(gpus_there))
         echo(guess.line())
     if dry_run:
         return exp
