@@ -101,12 +101,13 @@ def test_token_auth_cluster_from_ray_start_runs_the_sweep_on_both_nodes(cluster)
     df = read_results(cluster.store / "two" / "results")
     assert len(df) == 1 + 1 + 2 + 2 and (df.status == "ok").all()
     assert df.node_id.nunique() == 2 and set(df.node_ip) == {HEAD, NODE}  # trials ran on both nodes
-    # plan --address counts the trials on the cluster's resources (1 CPU and 1 logical GPU per node), not here's
+    # plan --address counts the trials on the cluster's resources (1 CPU and 1 logical GPU per node), not here's:
+    # 2 CPUs and 2 GPUs at 1 CPU and 0.5 GPU per trial (TINY) run 2 at once
     plan = _kdsweep(cluster.auth, "plan", SMOKE, "--storage", str(cluster.store), "--name", "two", "--address",
                     cluster.address, *sum([["--set", o] for o in TINY], []))
     assert plan.returncode == 0, plan.stderr[-2000:]
     assert f"  cluster at {cluster.address}: 2 CPU(s), 2 GPU(s): up to 2 trial(s) at once" in plan.stdout
-    assert "1 CPU, 0.25 GPU" in plan.stdout and "(6 of 6 variants already trained there)" in plan.stdout
+    assert "1 CPU, 0.5 GPU" in plan.stdout and "(6 of 6 variants already trained there)" in plan.stdout, plan.stdout
 
 
 def _submit(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
