@@ -93,9 +93,12 @@ def entry(cfg: Config, v: Variant, paths: Paths, phase: str) -> Entry | None:
     e.metrics = {m: float(source[m]) for m in METRICS if isinstance(source.get(m), (int, float))}
     for r in rows:
         if r.get("runtime") and isinstance(r.get("latency_ms"), float):
-            e.metrics[f"latency_ms/{r['runtime']}"] = r["latency_ms"]
+            # as results.csv labels them: torch-cpu / torch-cuda (torch may time on both), onnxruntime-<device>
+            device = str(r.get("latency_device") or "cpu").split(":")[0]
+            label = f"torch-{device}" if r["runtime"] == "torch" else r["runtime"]
+            e.metrics[f"latency_ms/{label}"] = r["latency_ms"]
             if isinstance(r.get("latency_ci95_ms"), float):
-                e.metrics[f"latency_ci95_ms/{r['runtime']}"] = r["latency_ci95_ms"]
+                e.metrics[f"latency_ci95_ms/{label}"] = r["latency_ci95_ms"]
     e.rows = rows
     e.onnx = paths.onnx(v) if rows and storage.exists(paths.onnx(v)) else None
     end = first.get("trial_end") or (record or {}).get("trial_end")

@@ -106,7 +106,7 @@ def test_mlflow_server_one_run_per_variant_nothing_twice_and_a_dead_server_loses
         row = rows.loc[key]
         assert run.info.status == "FINISHED" and run.data.tags["kdsweep.config_hash"] == row.config_hash
         assert run.data.metrics["test_acc"] == pytest.approx(row.test_acc)
-        assert {"latency_ms/torch", "latency_ms/onnxruntime-cpu"} <= set(run.data.metrics)
+        assert {"latency_ms/torch-cpu", "latency_ms/onnxruntime-cpu"} <= set(run.data.metrics)
         assert run.data.params["stage"] == row.stage and run.data.params["student.arch"] == "mobilenet_v3_small"
     pruned = by_key[first]
     assert pruned.data.params["prune_amount"] == "0.5" and pruned.data.tags["kdsweep.parent"] == "student-T4-a0.9-s0"
