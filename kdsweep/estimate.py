@@ -146,10 +146,9 @@ def _eval_s(cfg: Config, arch: str, device: torch.device, classes: int) -> tuple
     predict(model, data.test_x, view, device)
     eval_s = (time.perf_counter() - t0) / n
     opt = torch.optim.AdamW(model.parameters())
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 1, "history": []}
     for p in model.parameters():  # AdamW's two moments per parameter are what a real checkpoint carries
         opt.state[p] = {"step": torch.tensor(1.0), "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
-    state["optimizer"] = opt.state_dict()
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 1, "history": []}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         save_checkpoint(state, Path(tmp) / "c.pt")
@@ -235,7 +234,7 @@ def estimate(plan: Plan, cfg: Config, slots: int, gpus: int = 0, device: torch.d
     low = (wall(slots) if slots > parallel else seconds) * BAND[0]  # on a GPU: if packing overlapped perfectly
     # one trial's seconds per epoch per stage (a fused task's: all its members'), the unit of status.eta_seconds
     stage_s = {s: epoch_s(vs[0]) for s in STAGES if (vs := [v for v in plan.stage(s) if v.key in kinds])}
-    return Estimate(seconds, low, seconds * BAND[1], stage_s, _device_name(device, threads), parallel, timed_s,
+    return Estimate(seconds, low, seconds * BAND[1], stage_s, _device_name(device), parallel, timed_s,
                     parts)
 
 
@@ -261,7 +260,7 @@ def _simulate(tasks: dict[str, tuple[int, float, set[str]]], slots: int) -> floa
     return now
 
 
-def _device_name(device: torch.device, threads: int) -> str:
+def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return "CPU"

@@ -39,7 +39,9 @@ def test_gpu_acceptance_cpu_smoke_writes_every_entry(tmp_path: Path) -> None:
         assert g["n_train"] == n and g["status"] == {"ok": 4} and g["latency_devices"] == ["cpu"]
         assert g["most_trials_at_once"] >= 1 and set(g["epoch_timing"]) == {"teacher", "baseline", "student", "pruned"}
         assert g["epoch_timing"]["student"]["trials"] == 1 and g["epoch_timing"]["student"]["epochs"] == 1
-        e = g["estimate"]  # plan --estimate of the same config, for measured / estimate on the GPU
+        # plan --estimate of the same config, for measured / estimate on the GPU; its range is 0.75x-1.5x of the
+        # point estimate by construction (no timing bound)
+        e = g["estimate"]
         assert 0 < e["low"] < e["seconds"] < e["high"] and e["device"] == "CPU" and g["estimate_full"] is None
     x = res["seed_grid_50k"]
     assert set(x) == {"from_epochs"} and "extrapolation" in x["from_epochs"]["label"]
